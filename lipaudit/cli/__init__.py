@@ -1,0 +1,67 @@
+"""The ``lipaudit`` command line: a click group whose subcommands live one per module in this package.
+
+This package is the only place that prints, configures logging, and turns a :class:`~lipaudit.errors.LipauditError`
+into a one-line message and an exit code (2 usage, 1 failure, 3 soundness violation, 130 interrupted).
+Subcommands are imported lazily so that ``lipaudit --help`` stays fast and a command's heavy imports (auto_LiRPA,
+matplotlib) are paid only by the command that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from lipaudit import __version__
+from lipaudit.errors import LipauditError
+
+__all__ = ["cli", "main"]
+
+# name -> "module:attribute"; each module holds one click command.
+_COMMANDS: dict[str, str] = {
+    "norms": "lipaudit.cli.norms:norms",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        command: click.Command = getattr(importlib.import_module(module_name), attr)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "--version", prog_name="lipaudit")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Audit the robustness of PyTorch image classifiers: exact layer norms, Lipschitz bounds,
+    certified robustness (auto_LiRPA) and attacks, in one report."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``lipaudit`` console script: runs the group and maps errors to exit codes."""
+    try:
+        return cli.main(args=argv, prog_name="lipaudit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("lipaudit: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except LipauditError as err:
+        click.echo(f"lipaudit: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("lipaudit: interrupted", err=True)
+        sys.exit(130)

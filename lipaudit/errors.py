@@ -1,0 +1,91 @@
+"""The exception hierarchy of lipaudit.
+
+Every error lipaudit raises on purpose derives from :class:`LipauditError`. Each subclass's docstring says what
+causes it and what to do about it; the CLI turns any of them into a one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DataError",
+    "LipauditError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "ShapeError",
+    "SoundnessViolation",
+    "UnsafePickleError",
+    "UnsupportedLayerError",
+    "UsageError",
+]
+
+
+class LipauditError(Exception):
+    """Root of all errors lipaudit raises on purpose.
+
+    ``exit_code`` is the process exit status the CLI uses: 2 for a usage mistake, 1 for a failure.
+    """
+
+    exit_code: int = 1
+
+
+class UsageError(LipauditError, ValueError):
+    """An argument has a value lipaudit cannot use (a malformed shape, ε ≤ 0, an unknown norm, ...).
+
+    Remedy: the message shows the bad value and what is expected; correct the argument.
+    """
+
+    exit_code = 2
+
+
+class ModelLoadError(LipauditError):
+    """A model file could not be turned into an ``nn.Module``.
+
+    Causes: a missing or corrupt file, a state_dict without ``--arch``, an ``--arch`` factory that cannot be imported
+    or raises, keys that do not match the architecture. Remedy: the message names the file and the cause.
+    """
+
+
+class UnsafePickleError(ModelLoadError):
+    """The file is a pickled Python object, which can run arbitrary code when loaded.
+
+    Remedy: save a ``state_dict`` (``torch.save(model.state_dict(), path)``) or safetensors file and pass
+    ``--arch module:factory``, export TorchScript or ``torch.export``, or pass ``--unsafe-pickle`` if you trust it.
+    """
+
+
+class UnsupportedLayerError(LipauditError):
+    """The model contains a layer or operation for which lipaudit has no rule.
+
+    Remedy: the message names the module path and lists the supported types; replace the layer or add a rule.
+    """
+
+
+class ShapeError(LipauditError):
+    """The model rejects the input shape, or data and model shapes disagree.
+
+    Remedy: pass the ``--input-shape`` the model was built for (C,H,W without the batch dimension).
+    """
+
+
+class DataError(LipauditError):
+    """A data set could not be loaded or fails a check (pixel range, label range, empty, corrupt, one class).
+
+    Remedy: the message names the file and the failing check.
+    """
+
+
+class MissingDependencyError(LipauditError):
+    """An optional dependency (auto_LiRPA, mlxtend, scikit-learn, chromium) is not installed.
+
+    Remedy: the message gives the install command.
+    """
+
+
+class SoundnessViolation(LipauditError):
+    """A certified bound was broken: an attack or a sample found a point the certificate said was impossible.
+
+    This is a bug in a verifier (or its compatibility layer), never a property of the model. Remedy: report it with
+    the model and the sample; do not trust certificates from the method named in the message.
+    """
+
+    exit_code = 3
