@@ -149,7 +149,8 @@ def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = tuple(int(s) for s in input_shape)
     except (TypeError, ValueError) as err:
         raise UsageError(f"Expected an input shape of positive integers (C,H,W) but got {input_shape!r}") from err
-    if not shape or any(s <= 0 for s in shape) or any(float(s) != float(t) for s, t in zip(shape, input_shape, strict=True)):
+    exact = all(float(s) == float(t) for s, t in zip(shape, input_shape, strict=True))
+    if not shape or not exact or any(s <= 0 for s in shape):
         raise UsageError(f"Expected an input shape of positive integers (C,H,W) but got {input_shape!r}")
     return shape
 
