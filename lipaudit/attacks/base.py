@@ -1,0 +1,311 @@
+"""The common interface of lipaudit's attacks, the ε-ball projections and the steepest-ascent directions.
+
+An attack searches the threat model ``{x' ∈ [0,1]^d : ‖x' − x‖_p ≤ ε}`` for a misclassified point. A success is a
+proof that the point is not robust at ε; a failure proves nothing. Attacks therefore give *upper* bounds on robust
+accuracy and on robustness radii (``is_certified = False``), the mirror image of certificates.
+
+Every attack runs the model in eval mode (restoring the caller's per-module modes afterwards), differentiates with
+respect to the input only (``torch.autograd.grad``; no ``.grad`` is ever written into the model's parameters), works
+on whole batches with a per-sample ε, and counts its forward and backward passes through :class:`CountingModel`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lipaudit.errors import ShapeError, UsageError
+from lipaudit.types import Norm
+
+__all__ = [
+    "Attack",
+    "CountingModel",
+    "check_eps",
+    "eval_mode",
+    "lp_norm",
+    "project",
+    "random_in_ball",
+    "steepest_direction",
+]
+
+_PROJECTION_ITERS = 40
+
+
+class CountingModel(nn.Module):
+    """Wraps a classifier, counts forward and backward passes, and checks that its output is ``(N, classes)``.
+
+    A backward pass is counted when a gradient flows back through the output of a counted forward pass (a hook on
+    the output tensor), so ``torch.autograd.grad`` calls are counted without the attack's cooperation.
+
+    Attributes:
+        forward_passes: number of batched forward calls.
+        backward_passes: number of batched backward passes through the output.
+        forward_samples: number of samples pushed forward (sum of batch sizes).
+        backward_samples: number of samples whose gradient was taken.
+
+    Example:
+        >>> counted = CountingModel(nn.Linear(3, 2))
+        >>> x = torch.zeros(4, 3, requires_grad=True)
+        >>> _ = torch.autograd.grad(counted(x).sum(), x)
+        >>> (counted.forward_passes, counted.backward_passes, counted.forward_samples)
+        (1, 1, 4)
+    """
+
+    model: nn.Module
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        inner: nn.Module = model.model if isinstance(model, CountingModel) else model
+        self.model = inner
+        self.forward_passes = 0
+        self.backward_passes = 0
+        self.forward_samples = 0
+        self.backward_samples = 0
+
+    def _count_backward(self, n: int) -> None:
+        self.backward_passes += 1
+        self.backward_samples += n
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0] or out.shape[1] < 2:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ShapeError(
+                f"Expected the model to return logits of shape (N, classes) with N={x.shape[0]} and at least "
+                f"2 classes but got {shape!r}"
+            )
+        self.forward_passes += 1
+        self.forward_samples += x.shape[0]
+        if out.requires_grad:
+            n = x.shape[0]
+            out.register_hook(lambda grad: self._count_backward(n))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """The four counters as a dict."""
+        return {
+            "forward_passes": self.forward_passes,
+            "backward_passes": self.backward_passes,
+            "forward_samples": self.forward_samples,
+            "backward_samples": self.backward_samples,
+        }
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule of ``model`` in eval mode and restore each one's own mode afterwards, even on error."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+def check_eps(eps: float | Tensor, n: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Validate ε (a positive finite number, or one per sample) and return it as a tensor of shape (n,).
+
+    Raises:
+        UsageError: if ε is not a number, not finite, or not positive; or has the wrong length.
+    """
+    if isinstance(eps, Tensor):
+        t = eps.detach().to(device=device, dtype=dtype).flatten()
+        if t.numel() == 1:
+            t = t.expand(n)
+        if t.numel() != n:
+            raise UsageError(f"Expected one ε or one per sample ({n}) but got {t.numel()} values")
+        if not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
+            raise UsageError(f"Expected every ε to be a finite number > 0 but got {t.tolist()!r}")
+        return t.clone()
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not eps > 0:
+        raise UsageError(f"Expected ε to be a finite number > 0 but got {eps!r}")
+    return torch.full((n,), float(eps), device=device, dtype=dtype)
+
+
+def check_inputs(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate a batch: ``x`` floating point with a batch dimension and values in [0, 1], ``y`` one label each."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise ShapeError(f"Expected x to be a floating-point tensor (N, ...) but got {getattr(x, 'shape', x)!r}")
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+        raise ShapeError(
+            f"Expected y to be integer labels of shape ({x.shape[0]},) but got {getattr(y, 'shape', y)!r}"
+        )
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise UsageError(f"Expected inputs in [0, 1] but got values in [{float(x.min())!r}, {float(x.max())!r}]")
+    return x.detach(), y.detach().to(device=x.device, dtype=torch.long)
+
+
+def _view(t: Tensor, like: Tensor) -> Tensor:
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+def lp_norm(delta: Tensor, norm: Norm) -> Tensor:
+    """Per-sample ℓp norm of a batch of perturbations, shape (N,)."""
+    return torch.linalg.vector_norm(delta.flatten(1), ord=norm.p, dim=1)
+
+
+def _project_l1(u: Tensor, lo: Tensor, hi: Tensor, eps: Tensor) -> Tensor:
+    """Euclidean projection of ``u`` onto ``{d : ‖d‖₁ ≤ ε, lo ≤ d ≤ hi}`` (lo ≤ 0 ≤ hi), flat (N, d) tensors.
+
+    The minimiser is ``clip(soft_threshold(u, τ), lo, hi)`` for the smallest τ ≥ 0 whose result has ℓ1 norm ≤ ε
+    (KKT conditions of the separable problem with one multiplier τ for the ℓ1 constraint). The ℓ1 norm of that
+    expression is continuous and non-increasing in τ, so τ is found by bisection on [0, max|u|]; the upper end of the
+    final bracket is used, which keeps the result feasible, and a last rescaling towards 0 (which stays in the box)
+    removes any floating-point excess. The result is within the bisection tolerance of the exact projection.
+    """
+    clipped = u.clamp(lo, hi)
+    need = clipped.abs().sum(1) > eps
+    if not bool(need.any()):
+        return clipped
+    lo_t = torch.zeros_like(eps)
+    hi_t = u.abs().amax(1)
+    for _ in range(_PROJECTION_ITERS):
+        mid = (lo_t + hi_t) / 2
+        d = (u.abs() - mid[:, None]).clamp_min(0) * u.sign()
+        over = d.clamp(lo, hi).abs().sum(1) > eps
+        lo_t = torch.where(over, mid, lo_t)
+        hi_t = torch.where(over, hi_t, mid)
+    d = ((u.abs() - hi_t[:, None]).clamp_min(0) * u.sign()).clamp(lo, hi)
+    d = torch.where(need[:, None], d, clipped)
+    scale = (eps / d.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0)
+    return d * scale[:, None]
+
+
+def project(x_adv: Tensor, x: Tensor, eps: Tensor, norm: Norm) -> Tensor:
+    """Map ``x_adv`` into the threat model ``{x' ∈ [0,1]^d : ‖x' − x‖_p ≤ ε}`` (ε of shape (N,)).
+
+    - ℓ∞: exact projection (the intersection of two boxes is a box).
+    - ℓ1: exact projection onto the ℓ1 ball ∩ box up to a bisection tolerance (see ``_project_l1``); always feasible.
+    - ℓ2: projection onto the ball followed by clipping to the box. Clipping only shrinks ``|x' − x|`` coordinate-wise
+      (x is in the box), so the result is always feasible; it is the exact projection whenever the ball projection
+      already lies in the box, and otherwise a feasible point close to it (the usual choice in PGD implementations,
+      kept for speed).
+
+    Example:
+        >>> x = torch.full((1, 4), 0.5)
+        >>> out = project(x + torch.tensor([[1.0, 0.0, 0.0, 0.0]]), x, torch.tensor([0.1]), Norm.L2)
+        >>> [round(v, 3) for v in out.flatten().tolist()]
+        [0.6, 0.5, 0.5, 0.5]
+    """
+    delta = x_adv - x
+    if norm is Norm.LINF:
+        e = _view(eps, x)
+        delta = torch.maximum(torch.minimum(delta, e), -e)
+        return (x + delta).clamp(0.0, 1.0)
+    if norm is Norm.L2:
+        n = lp_norm(delta, norm)
+        factor = (eps / n.clamp_min(1e-30)).clamp(max=1.0)
+        return (x + delta * _view(factor, x)).clamp(0.0, 1.0)
+    flat_x = x.flatten(1)
+    d = _project_l1(delta.flatten(1), -flat_x, 1.0 - flat_x, eps)
+    return (x + d.view_as(x)).clamp(0.0, 1.0)
+
+
+def steepest_direction(grad: Tensor, x_adv: Tensor, norm: Norm, *, sparsity: float = 0.01) -> Tensor:
+    """The unit-norm steepest-ascent direction for a linearised loss in the ℓp geometry.
+
+    - ℓ∞: ``sign(g)``; ℓ2: ``g / ‖g‖₂``.
+    - ℓ1: the exact maximiser (one coordinate) makes painfully slow progress, so, as in SLIDE (Tramèr & Boneh 2019,
+      arXiv 1904.13000), the step moves the ``k = ⌈sparsity·d⌉`` coordinates of largest ``|g|`` by ``sign(g)/k``
+      each, skipping coordinates already at the box face they would move into.
+    """
+    if norm is Norm.LINF:
+        return grad.sign()
+    flat = grad.flatten(1)
+    if norm is Norm.L2:
+        return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)).view_as(grad)
+    xa = x_adv.flatten(1)
+    blocked = ((flat > 0) & (xa >= 1.0)) | ((flat < 0) & (xa <= 0.0))
+    score = flat.abs().masked_fill(blocked, -1.0)
+    k = max(1, math.ceil(sparsity * flat.shape[1]))
+    top = score.topk(k, dim=1)
+    direction = torch.zeros_like(flat)
+    picked = flat.gather(1, top.indices).sign() * (top.values > 0)
+    direction.scatter_(1, top.indices, picked / k)
+    return direction.view_as(grad)
+
+
+def random_in_ball(x: Tensor, eps: Tensor, norm: Norm, generator: torch.Generator | None) -> Tensor:
+    """A random point of the threat model around ``x``: uniform in the ℓ∞ cube, radius-uniform for ℓ2 and ℓ1."""
+    shape = x.shape
+    if norm is Norm.LINF:
+        u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+        return project(x + u * _view(eps, x), x, eps, norm)
+    if norm is Norm.L2:
+        d = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+    else:
+        e = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype).clamp_min(1e-12)
+        sign = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) < 0.5
+        d = torch.where(sign, -e.log(), e.log())  # Laplace: normalised, uniform direction on the ℓ1 sphere
+    d = d / _view(lp_norm(d, norm).clamp_min(1e-30), x)
+    r = torch.rand((shape[0],), generator=generator, device=x.device, dtype=x.dtype)
+    return project(x + d * _view(r * eps, x), x, eps, norm)
+
+
+class Attack(abc.ABC):
+    """An empirical attack: ``perturb(model, x, y, eps)`` returns points of the threat model it believes adversarial.
+
+    Subclasses implement :meth:`_perturb` on validated tensors with a per-sample ε; :meth:`perturb` validates the
+    input, switches the model to eval mode (restoring modes afterwards), enables gradients locally, counts passes,
+    and guarantees the returned batch lies in [0, 1] and in the ε-ball.
+
+    Attributes:
+        is_certified: always False: a failed attack proves nothing.
+        name: a short name used in reports (e.g. ``"apgd-ce"``).
+        norm: the threat model's norm.
+        seed: seed of the attack's own random generator (random starts), for reproducible runs.
+    """
+
+    is_certified: ClassVar[bool] = False
+    name: str
+    norm: Norm
+    seed: int
+
+    def __init__(self, norm: Norm | str | float, *, seed: int = 0) -> None:
+        self.norm = Norm.parse(norm)
+        self.seed = int(seed)
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """A fresh random generator on ``device`` seeded with :attr:`seed`."""
+        g = torch.Generator(device=device)
+        g.manual_seed(self.seed)
+        return g
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor) -> Tensor:
+        """Attack the batch ``(x, y)`` at radius ``eps`` (a float, or a tensor with one ε per sample).
+
+        Args:
+            model: a classifier returning logits of shape (N, classes); may be a :class:`CountingModel`.
+            x: inputs (N, ...) in [0, 1].
+            y: integer labels (N,).
+            eps: radius of the threat model, in input units.
+
+        Returns:
+            ``x_adv`` (detached, same shape as ``x``) with ``x_adv ∈ [0,1]`` and ``‖x_adv − x‖_p ≤ ε`` per sample.
+
+        Raises:
+            UsageError: ε not a finite positive number, or inputs outside [0, 1].
+            ShapeError: bad shapes, or a model whose output is not (N, classes).
+        """
+        x, y = check_inputs(x, y)
+        e = check_eps(eps, x.shape[0], device=x.device, dtype=x.dtype)
+        if x.shape[0] == 0:
+            return x.clone()
+        counted = model if isinstance(model, CountingModel) else CountingModel(model)
+        with eval_mode(counted), torch.enable_grad():
+            x_adv = self._perturb(counted, x, y, e)
+        return project(x_adv.detach(), x, e, self.norm)
+
+    @abc.abstractmethod
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
+        """Run the attack on validated inputs; ``eps`` has shape (N,). The result is projected by the caller."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, norm={self.norm.value!r})"
