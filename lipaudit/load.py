@@ -1,0 +1,345 @@
+"""Model files → ``nn.Module``, safely: the one entry point every command uses.
+
+Formats, detected from the file's content (not its name):
+
+* ``state_dict``: a ``torch.save`` of a state_dict (bare, or wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``,
+  or a lipaudit checkpoint), read with ``torch.load(weights_only=True)``; needs ``arch``.
+* ``safetensors``: a safetensors file of the state_dict; needs ``arch``.
+* ``torchscript``: a ``torch.jit.save`` archive.
+* ``export``: a ``torch.export.save`` program (``.pt2``); the module is ``ExportedProgram.module()``.
+* ``pickle``: a fully pickled ``nn.Module``, which runs code when loaded: refused unless ``unsafe_pickle=True``.
+
+``arch`` is ``module:factory[:kwargs-json]`` (any importable callable, e.g. ``lipaudit.zoo:small_cnn``) or
+``path/to/file.py:factory[:kwargs-json]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import pickle
+import pickletools
+import re
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lipaudit.errors import ModelLoadError, UnsafePickleError, UsageError
+from lipaudit.modules import Normalize
+
+__all__ = ["LoadedModel", "build_arch", "load_model", "parse_input_shape", "wrap_module"]
+
+_ZOO = "lipaudit.zoo"
+_SAFE_FORMATS_HINT = (
+    "save a state_dict (torch.save(model.state_dict(), path)) or safetensors file and pass --arch module:factory, "
+    "or export TorchScript / torch.export"
+)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded classifier and where it came from.
+
+    Attributes:
+        module: the model in eval mode, with :class:`~lipaudit.modules.Normalize` prepended when mean/std are given.
+        path: the file it was read from (``"<memory>"`` for :func:`wrap_module`).
+        sha256: hex digest of the file (empty for in-memory modules).
+        format: ``"state_dict"``, ``"safetensors"``, ``"torchscript"``, ``"export"``, ``"pickle"`` or ``"module"``.
+        arch: the architecture spec used, if any.
+        mean: per-channel normalisation mean applied, if any.
+        std: per-channel normalisation std applied, if any.
+        num_parameters: number of scalar parameters of ``module``.
+    """
+
+    module: nn.Module
+    path: str
+    sha256: str
+    format: str
+    arch: str | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    num_parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (without the module itself)."""
+        return {
+            "path": self.path, "sha256": self.sha256, "format": self.format, "arch": self.arch,
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std), "num_parameters": self.num_parameters,
+        }
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """Parse ``"1,28,28"``, ``"3x32x32"`` or ``"(3, 32, 32)"`` into a shape without the batch dimension.
+
+    Example:
+        >>> parse_input_shape("3x32x32")
+        (3, 32, 32)
+    """
+    body = str(text).strip().strip("()[]")
+    parts = [p for p in re.split(r"[\s,x×]+", body) if p]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"Expected an input shape like 1,28,28 (C,H,W of positive integers) but got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _resolve_factory(spec: str) -> tuple[Callable[..., Any], dict[str, Any]]:
+    parts = spec.split(":", 2)
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise UsageError(f"Expected --arch as module:factory[:kwargs-json] or file.py:factory but got {spec!r}")
+    where, name = parts[0], parts[1]
+    kwargs: dict[str, Any] = {}
+    if len(parts) == 3 and parts[2].strip():
+        try:
+            kwargs = json.loads(parts[2])
+        except json.JSONDecodeError as err:
+            raise UsageError(f"Expected JSON keyword arguments after the factory but got {parts[2]!r}: {err}") from err
+        if not isinstance(kwargs, dict):
+            raise UsageError(f"Expected a JSON object of keyword arguments but got {parts[2]!r}")
+    try:
+        if where.endswith(".py"):
+            file = Path(where)
+            if not file.is_file():
+                raise ModelLoadError(f"Architecture file not found: {where!r} (from --arch {spec!r})")
+            mod_spec = importlib.util.spec_from_file_location(f"_lipaudit_arch_{file.stem}", file)
+            if mod_spec is None or mod_spec.loader is None:
+                raise ModelLoadError(f"Cannot import architecture file {where!r}")
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as err:
+        raise ModelLoadError(f"Unknown architecture {spec!r}: cannot import {where!r} ({err})") from err
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ModelLoadError(f"Unknown architecture {spec!r}: {where!r} has no callable {name!r}")
+    return factory, kwargs
+
+
+def build_arch(spec: str) -> nn.Module:
+    """Build a fresh model from an architecture spec ``module:factory[:kwargs-json]`` or ``file.py:factory``.
+
+    Example:
+        >>> type(build_arch('lipaudit.zoo:mlp:{"hidden": [8]}')).__name__
+        'Sequential'
+    """
+    factory, kwargs = _resolve_factory(spec)
+    try:
+        model = factory(**kwargs)
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, IndexError) as err:
+        raise ModelLoadError(f"Architecture factory {spec!r} raised {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"Architecture factory {spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _sniff(path: Path) -> str:
+    """``safetensors``, ``torchscript``, ``export``, ``torch`` (a torch.save zip) or ``legacy`` (anything else)."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30):
+        return "safetensors"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile as err:
+            raise ModelLoadError(f"Corrupt model file {str(path)!r}: {err}") from err
+        if any(n.endswith("archive_format") or "/models/" in n or n.startswith("models/") for n in names):
+            return "export"
+        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        return "torch"
+    return "legacy"
+
+
+def _state_dict_from(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Pull the state_dict (and lipaudit checkpoint metadata) out of a weights-only load result."""
+    meta: dict[str, Any] = {}
+    if isinstance(obj, Mapping) and obj.get("format") == "lipaudit-checkpoint":
+        meta = dict(obj)
+        obj = obj.get("state_dict")
+    elif isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise ModelLoadError(
+            f"{str(path)!r} holds a {type(obj).__name__}, not a state_dict (a mapping of parameter names to tensors)")
+    sd = dict(obj)
+    if all(k.startswith("module.") for k in sd):  # saved from nn.DataParallel
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    return sd, meta
+
+
+def _load_into(spec: str, sd: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    model = build_arch(spec)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"State dict of {str(path)!r} does not match --arch {spec!r}: missing keys: {_few(missing)}; "
+            f"unexpected keys: {_few(unexpected)}")
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if sd[k].shape != v.shape]
+    if wrong:
+        raise ModelLoadError(
+            f"State dict of {str(path)!r} does not fit --arch {spec!r}: shape mismatch (file vs arch): {_few(wrong)}")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as err:
+        raise ModelLoadError(f"State dict of {str(path)!r} does not fit --arch {spec!r}: {err}") from err
+    return model
+
+
+def _few(keys: Sequence[str]) -> str:
+    return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") if keys else "none"
+
+
+def _imports_globals(path: Path) -> bool:
+    """Whether a raw pickle file imports Python objects, found by reading its opcodes (nothing is executed)."""
+    try:
+        with path.open("rb") as f:
+            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ") for op, _, _ in pickletools.genops(f))
+    except (ValueError, EOFError, UnicodeDecodeError):
+        return False
+
+
+def _torch_load(path: Path, device: torch.device, unsafe_pickle: bool) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # torch notes that pickle protocols > 2 are not its default; harmless for the restricted unpickler
+            warnings.filterwarnings("ignore", message=".*Detected pickle protocol.*", category=UserWarning)
+            return torch.load(path, map_location=device, weights_only=not unsafe_pickle)
+    except pickle.UnpicklingError as err:
+        if not unsafe_pickle and ("GLOBAL" in str(err) or _imports_globals(path)):
+            raise UnsafePickleError(
+                f"{str(path)!r} is a pickled Python object that could run code when loaded; nothing was executed. "
+                f"Either {_SAFE_FORMATS_HINT}, or pass --unsafe-pickle if you trust the file") from err
+        first = next((line for line in str(err).splitlines() if "operand" in line.lower()), str(err).splitlines()[0])
+        raise ModelLoadError(f"Corrupt model file {str(path)!r}: {first.strip()}") from err
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError, ImportError) as err:
+        raise ModelLoadError(f"Corrupt or unreadable model file {str(path)!r}: {type(err).__name__}: {err}") from err
+
+
+def _finish(module: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None,
+            device: torch.device) -> tuple[nn.Module, tuple[float, ...] | None, tuple[float, ...] | None]:
+    if (mean is None) != (std is None):
+        raise UsageError(f"Expected both mean and std or neither but got mean={mean!r}, std={std!r}")
+    if mean is not None and std is not None:
+        try:
+            norm = Normalize([float(m) for m in mean], [float(s) for s in std])
+        except (ValueError, TypeError) as err:
+            raise UsageError(str(err)) from err
+        module = nn.Sequential(norm, module)
+        mean_t: tuple[float, ...] | None = tuple(float(m) for m in mean)
+        std_t: tuple[float, ...] | None = tuple(float(s) for s in std)
+    else:
+        mean_t = std_t = None
+    module = module.to(device)
+    with contextlib.suppress(NotImplementedError):  # exported programs fix train/eval at export time
+        module.eval()
+    return module, mean_t, std_t
+
+
+def wrap_module(module: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                device: str | torch.device | None = None) -> LoadedModel:
+    """Wrap an in-memory module as a :class:`LoadedModel` (format ``"module"``), prepending Normalize if asked."""
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"Expected a torch.nn.Module but got {type(module).__name__}")
+    ref = next(iter(module.parameters()), None)
+    dev = torch.device(device) if device is not None else (ref.device if ref is not None else torch.device("cpu"))
+    mod, mean_t, std_t = _finish(module, mean, std, dev)
+    return LoadedModel(mod, "<memory>", "", "module", None, mean_t, std_t, sum(p.numel() for p in mod.parameters()))
+
+
+def load_model(path: str | os.PathLike[str], *, arch: str | None = None, unsafe_pickle: bool = False,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+               device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a classifier from ``path``; see the module docstring for the formats.
+
+    Args:
+        path: the model file.
+        arch: ``module:factory[:kwargs-json]`` or ``file.py:factory``; required for state_dict/safetensors files
+            unless the file is a lipaudit checkpoint naming a :mod:`lipaudit.zoo` factory. An explicit value wins.
+        unsafe_pickle: allow unpickling arbitrary objects (runs code from the file; only for trusted files).
+        mean: per-channel normalisation mean (overrides a checkpoint's); ``Normalize`` is prepended.
+        std: per-channel normalisation std, given together with ``mean``.
+        device: where to put the model.
+
+    Raises:
+        ModelLoadError: missing or corrupt file, unknown arch, failing factory, keys that do not match.
+        UnsafePickleError: the file is a pickle and ``unsafe_pickle`` is False (nothing from it was executed).
+        UsageError: malformed ``arch``, ``mean`` or ``std``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"Model file not found: {str(path)!r}")
+    dev = torch.device(device)
+    digest = _sha256(p)
+    kind = _sniff(p)
+    used_arch = arch
+    if kind == "safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(p), device=str(dev))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ModelLoadError(f"Corrupt safetensors file {str(path)!r}: {err}") from err
+        if arch is None:
+            raise ModelLoadError(f"{str(path)!r} holds only weights (safetensors); pass arch='module:factory'")
+        module, fmt = _load_into(arch, dict(sd), p), "safetensors"
+    elif kind == "torchscript":
+        try:
+            module, fmt = torch.jit.load(str(p), map_location=dev), "torchscript"
+        except RuntimeError as err:
+            raise ModelLoadError(f"Corrupt TorchScript archive {str(path)!r}: {err}") from err
+    elif kind == "export":
+        try:
+            module, fmt = torch.export.load(str(p)).module(), "export"
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ModelLoadError(f"Corrupt torch.export program {str(path)!r}: {err}") from err
+    else:
+        obj = _torch_load(p, dev, unsafe_pickle)
+        if isinstance(obj, nn.Module):
+            module, fmt = obj, "pickle"
+        else:
+            sd, meta = _state_dict_from(obj, p)
+            if meta and mean is None and std is None and meta.get("mean") is not None:
+                mean, std = meta.get("mean"), meta.get("std")
+            if used_arch is None and meta.get("arch"):
+                embedded = str(meta["arch"])
+                if embedded.split(":", 1)[0] != _ZOO:
+                    raise ModelLoadError(
+                        f"{str(path)!r} names architecture {embedded!r} outside {_ZOO}; importing it would run code "
+                        f"named by the file, so pass arch={embedded!r} explicitly if you trust it")
+                kwargs = meta.get("arch_kwargs") or {}
+                used_arch = f"{embedded}:{json.dumps(kwargs)}" if kwargs and embedded.count(":") == 1 else embedded
+            if used_arch is None:
+                raise ModelLoadError(f"{str(path)!r} holds only weights (a state_dict); pass arch='module:factory'")
+            module, fmt = _load_into(used_arch, sd, p), "state_dict"
+    module, mean_t, std_t = _finish(module, mean, std, dev)
+    n_params = sum(q.numel() for q in module.parameters())
+    return LoadedModel(module, str(path), digest, fmt, used_arch, mean_t, std_t, n_params)
