@@ -142,7 +142,8 @@ class AuditResult:
             kwargs["flags"] = tuple(FlagRecord(**f) for f in data["flags"])
             return cls(**kwargs)
         except (KeyError, TypeError) as err:
-            raise DataError(f"Expected an audit result JSON (schema {SCHEMA_VERSION}) but it is malformed: {err}")
+            message = f"Expected an audit result JSON (schema {SCHEMA_VERSION}) but it is malformed: {err}"
+            raise DataError(message) from err
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AuditResult:
@@ -215,7 +216,8 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     try:  # a real write, not os.access: root passes access checks on read-only mounts
         fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
     except OSError as err:
-        raise UsageError(f"Output folder {str(folder)!r} is not writable (for {str(target)!r}): {err.strerror}") from err
+        message = f"Output folder {str(folder)!r} is not writable (for {str(target)!r}): {err.strerror}"
+        raise UsageError(message) from err
     os.close(fd)
     Path(probe).unlink(missing_ok=True)
     return target

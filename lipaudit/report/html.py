@@ -66,7 +66,7 @@ def _best_certified(row: Mapping[str, Any]) -> tuple[str | None, float]:
 
 def verdict_lines(result: Mapping[str, Any]) -> list[str]:
     """The headline verdict in plain words (HTML-escaped sentences, numbers in <strong>)."""
-    esc = jinja2.filters.escape  # type: ignore[attr-defined]
+    esc = jinja2.filters.escape
     tm = result["threat_model"]
     n = int(tm["n"])
     norm = _NORM_LABEL.get(str(tm["norm"]), str(tm["norm"]))
@@ -157,9 +157,8 @@ def render_report(result: AuditResult | Mapping[str, Any]) -> str:
         "The ordering held for every sample." if not ordering
         else f"<strong>The ordering failed for {len(ordering)} sample(s)</strong> (listed under flags)."
     )
-    cert_status = [
-        {**c, "fallbacks": ", ".join(c.get("fallbacks") or []) or ""} for c in r.get("certification", {}).get("outcomes", [])
-    ]
+    outcomes = (r.get("certification") or {}).get("outcomes", [])
+    cert_status = [{**c, "fallbacks": ", ".join(c.get("fallbacks") or [])} for c in outcomes]
     partial_reason = "; ".join(f"{f.get('stage')}: {f.get('message')}" for f in r.get("failures") or []) or (
         "The audit was interrupted; the numbers cover only the stages that finished."
     )

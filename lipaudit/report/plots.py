@@ -21,7 +21,7 @@ __all__ = [
     "radius_sandwich_svg",
 ]
 
-_RC = {"svg.fonttype": "none", "svg.hashsalt": "lipaudit", "font.size": 9, "axes.spines.top": False,
+_RC: Any = {"svg.fonttype": "none", "svg.hashsalt": "lipaudit", "font.size": 9, "axes.spines.top": False,
        "axes.spines.right": False}
 # A colour-blind-safe palette (Okabe & Ito).
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -134,14 +134,15 @@ def gap_histogram_svg(samples: Sequence[Mapping[str, Any]], method: str | None) 
             edges = np.linspace(lo - 0.5, hi + 0.5, 21) if hi - lo < 1e-9 else np.linspace(lo, hi, 21)
             for k, (label, ratios) in enumerate(data):
                 if ratios:
-                    ax.hist(ratios, bins=edges, alpha=0.6, color=PALETTE[2 * k], label=f"{label} (n={len(ratios)})")
+                    ax.hist(ratios, bins=list(edges), alpha=0.6, color=PALETTE[2 * k],
+                            label=f"{label} (n={len(ratios)})")
         ax.set_xlabel("log10(attack radius / certified radius)   — 0 means the radius is known exactly")
         ax.set_ylabel("samples")
         ax.legend(frameon=False, fontsize=7)
         return _svg(fig)
 
 
-def image_png_data_uri(image: Sequence[Any], scale: int = 3) -> str:
+def image_png_data_uri(image: Any, scale: int = 3) -> str:
     """A small PNG (as a ``data:`` URI) of an image given as nested lists (C,H,W) or (H,W) in [0, 1]."""
     arr = np.asarray(image, dtype=float)
     if arr.ndim == 3 and arr.shape[0] in (1, 3):

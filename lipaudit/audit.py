@@ -1,0 +1,356 @@
+"""The full audit: norms → Lipschitz bounds → attacks → certification → radii → cross-checks.
+
+:func:`run_audit` only combines the stages' pure functions; it never prints. Each stage is timed; a stage that
+fails with a lipaudit error or a runtime error is recorded under ``failures`` and the audit goes on with the others;
+Ctrl-C (``KeyboardInterrupt``) stops the audit and returns what finished, marked ``partial``.
+
+Cross-checks on every run: no sample certified (by any method, the Lipschitz certificate included) and attacked at
+the same ε (a *soundness violation*); per sample, Lipschitz radius ≤ certified radius ≤ attack radius.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lipaudit._progress import NullProgress, Progress
+from lipaudit.errors import LipauditError, UsageError
+from lipaudit.results import AccuracyRow, AuditResult, FlagRecord, SampleRecord, eps_key
+from lipaudit.types import Method, Norm
+
+__all__ = ["AuditConfig", "default_methods", "run_audit"]
+
+LIPSCHITZ = "Lipschitz"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """What to compute.
+
+    Attributes:
+        norm: the threat model's norm.
+        eps: the ε values (input space, each in (0, 1]).
+        methods: certification methods to run at every ε, cheapest first.
+        radius_method: the method used for per-sample certified radii by bisection (``None``: no radii).
+        radius_tol: relative tolerance of the radius bisection.
+        attack_radius: whether to run the minimal-norm attack for per-sample attack radii.
+        seed: seed of every random choice (attack restarts, sampling).
+        memory_budget_gb: memory budget for certification.
+        time_budget_s: per-sample time budget for certification.
+        max_examples: adversarial examples kept for the report.
+    """
+
+    norm: Norm
+    eps: tuple[float, ...]
+    methods: tuple[Method, ...] = (Method.IBP, Method.CROWN)
+    radius_method: Method | None = Method.CROWN
+    radius_tol: float = 0.02
+    attack_radius: bool = True
+    seed: int = 0
+    memory_budget_gb: float = 8.0
+    time_budget_s: float = 60.0
+    max_examples: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.eps:
+            raise UsageError("Expected at least one ε but got none")
+        for e in self.eps:
+            if not (math.isfinite(e) and 0.0 < e <= 1.0):
+                raise UsageError(f"Expected every ε in (0, 1] but got {e!r}")
+
+
+def default_methods(model: nn.Module, input_shape: Sequence[int]) -> tuple[tuple[Method, ...], Method | None]:
+    """Certification methods that keep a default audit of ``model`` within minutes on a laptop CPU.
+
+    The cost of CROWN grows with the number of hidden neurons times the input size; a measured rule of thumb on 2
+    CPU cores: up to ~50k hidden activations CROWN costs a few hundredths of a second per sample, beyond that
+    CROWN-IBP is the affordable choice.
+    """
+    hidden = _hidden_activations(model, input_shape)
+    if hidden <= 50_000:
+        return (Method.IBP, Method.CROWN), Method.CROWN
+    if hidden <= 400_000:
+        return (Method.IBP, Method.CROWN_IBP), Method.CROWN_IBP
+    return (Method.IBP,), Method.IBP
+
+
+def _hidden_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
+    from lipaudit.graph import trace
+
+    graph = trace(model, input_shape)
+    return sum(math.prod(node.output_shape) for node in graph.nodes if node.kind in ("module", "function")
+               and node.module is not None and type(node.module).__name__ in ("ReLU", "LeakyReLU", "ELU", "GELU",
+                                                                               "Tanh", "Sigmoid", "Softplus",
+                                                                               "Hardtanh"))
+
+
+class _Stages:
+    """Times stages and records failures; re-raises KeyboardInterrupt after marking the audit partial."""
+
+    def __init__(self) -> None:
+        self.timing: dict[str, float] = {}
+        self.failures: list[dict[str, Any]] = []
+        self.interrupted = False
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.failures.append({"stage": name, "what": "interrupted", "message": "interrupted by the user"})
+            raise
+        except (LipauditError, RuntimeError, ValueError) as err:
+            self.failures.append({"stage": name, "what": type(err).__name__, "message": _one_line(err)})
+        finally:
+            self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - start
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
+
+
+@dataclass
+class _State:
+    """What the stages have produced so far (mutable while the audit runs)."""
+
+    n: int
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    lipschitz: dict[str, Any] = field(default_factory=dict)
+    prediction: Tensor | None = None
+    radius_lipschitz: Tensor | None = None
+    attacked: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # eps key -> attack name -> bool (N,)
+    worst_attacked: dict[str, Tensor] = field(default_factory=dict)  # eps key -> bool (N,)
+    radius_attack: Tensor | None = None
+    certified: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # eps key -> method -> bool (N,)
+    radius_certified: dict[str, Tensor] = field(default_factory=dict)  # method -> radius (N,), nan = unknown
+    flags: list[FlagRecord] = field(default_factory=list)
+    attack_info: dict[str, Any] = field(default_factory=dict)
+    cert_info: dict[str, Any] = field(default_factory=lambda: {"methods": [], "outcomes": []})
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """Library versions and device, for the threat-model card."""
+    import numpy
+
+    import lipaudit
+
+    env = {"lipaudit": lipaudit.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+           "python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+
+        env["auto_LiRPA"] = version("auto_LiRPA")
+    except Exception:
+        env["auto_LiRPA"] = "not installed"
+    env["device"] = str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
+    return env
+
+
+def _bools(t: Tensor | None, n: int) -> list[bool]:
+    return [False] * n if t is None else [bool(v) for v in t.tolist()]
+
+
+def _radii(t: Tensor | None, n: int) -> list[float | None]:
+    if t is None:
+        return [None] * n
+    return [None if (math.isnan(v) or math.isinf(v)) else float(v) for v in t.tolist()]
+
+
+def run_audit(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    config: AuditConfig,
+    *,
+    model_info: dict[str, Any],
+    data_info: dict[str, Any],
+    command: str = "",
+    progress: Progress | None = None,
+) -> AuditResult:
+    """Audit ``model`` on the samples ``(x, y)`` under ``config``; never raises for a failing stage.
+
+    Args:
+        model: the classifier as every stage sees it (normalisation included), in eval mode.
+        x: inputs (N, C, H, W) in [0, 1], on the model's device.
+        y: labels (N,).
+        config: what to compute.
+        model_info: the threat-model card's model facts (path, sha256, format, arch, parameters, ...).
+        data_info: data name, split and seed.
+        command: the command line that reproduces the audit.
+        progress: receives per-stage progress.
+
+    Returns:
+        The result, ``status="partial"`` when interrupted or when a stage failed.
+    """
+    progress = progress or NullProgress()
+    model.eval()
+    n = int(x.shape[0])
+    input_shape = tuple(int(s) for s in x.shape[1:])
+    st = _State(n=n)
+    stages = _Stages()
+    with contextlib.suppress(KeyboardInterrupt):  # _Stages marked the audit partial; keep what finished
+        _run_stages(model, x, y, config, input_shape, st, stages, progress)
+    return _assemble(model, x, y, config, st, stages, model_info, data_info, command)
+
+
+def _run_stages(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, input_shape: tuple[int, ...],
+                st: _State, stages: _Stages, progress: Progress) -> None:
+    from lipaudit import lipschitz as lip
+    from lipaudit.norms import layer_norms
+
+    with stages.stage("clean"), torch.no_grad():
+        st.prediction = model(x).argmax(dim=1)
+    correct = st.prediction == y if st.prediction is not None else torch.ones_like(y, dtype=torch.bool)
+    with stages.stage("norms"):
+        st.layers = [layer.to_dict() for layer in layer_norms(model, input_shape)]
+        progress("norms", 1, 1)
+    with stages.stage("lipschitz"):
+        report = lip.lipschitz_report(model, input_shape, config.norm, x, y)
+        st.lipschitz = report.to_dict()
+        bounds = lip.margin_lipschitz(model, input_shape, config.norm)
+        st.radius_lipschitz = lip.lipschitz_radius(model, x, y, config.norm, margin_bounds=bounds).detach()
+        progress("lipschitz", 1, 1)
+    _run_attacks(model, x, y, config, st, stages, progress)
+    _run_certification(model, x, y, config, correct, st, stages, progress)
+
+
+def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _State, stages: _Stages,
+                 progress: Progress) -> None:
+    from lipaudit.attacks import evaluate_attacks, minimal_adversarial_radius
+
+    with stages.stage("attacks"):
+        report = evaluate_attacks(model, x, y, config.norm, list(config.eps), progress=progress)
+        for eps in config.eps:
+            key = eps_key(eps)
+            st.attacked[key] = {name: t.detach().cpu() for name, t in report.attacked_by(eps).items()}
+            st.worst_attacked[key] = report.attacked_at(eps).detach().cpu()
+        st.flags.extend(FlagRecord(code=f.code, severity=f.severity, message=f.message, stage="attacks")
+                        for f in report.flags)
+        st.attack_info = report.summary()
+        st.examples = report.examples(max_count=config.max_examples)
+    if config.attack_radius:
+        with stages.stage("attack radius"):
+            radius = minimal_adversarial_radius(model, x, y, config.norm, progress=progress)
+            st.radius_attack = radius.radius.detach().cpu()
+
+
+def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, correct: Tensor, st: _State,
+                       stages: _Stages, progress: Progress) -> None:
+    from lipaudit.certify import CertifyOptions, certified_radius, certify
+
+    options = CertifyOptions(memory_budget_gb=config.memory_budget_gb, time_budget_s=config.time_budget_s)
+    idx = torch.nonzero(correct.cpu(), as_tuple=False).flatten()
+    st.cert_info["methods"] = [str(m) for m in config.methods]
+    total = len(config.methods) * len(config.eps)
+    done = 0
+    for method in config.methods:
+        for eps in config.eps:
+            key = eps_key(eps)
+            with stages.stage(f"certify {method}"):
+                flags = torch.zeros(st.n, dtype=torch.bool)
+                if idx.numel():
+                    res = certify(model, x[idx], y[idx], config.norm, eps, method, options=options)
+                    flags[idx] = res.certified_mask().cpu()
+                    st.cert_info["outcomes"].append({"method": str(method), "eps": eps, **res.status_counts(),
+                                                     "fallbacks": list(res.fallbacks)})
+                st.certified.setdefault(key, {})[str(method)] = flags
+            done += 1
+            progress("certify", done, total)
+    if config.radius_method is not None and idx.numel():
+        method = config.radius_method
+        with stages.stage("certified radius"):
+            lower = st.radius_lipschitz[idx] if st.radius_lipschitz is not None else None
+            upper = st.radius_attack[idx] if st.radius_attack is not None else None
+            res = certified_radius(model, x[idx], y[idx], config.norm, method, lower=lower, upper=upper,
+                                   tol=config.radius_tol, options=options, progress=progress)
+            radius = torch.full((st.n,), math.nan)
+            radius[idx] = res.radius.detach().cpu().to(radius.dtype)
+            radius[~correct.cpu()] = 0.0
+            st.radius_certified[str(method)] = radius
+            st.cert_info["radius"] = {"method": str(method), "bound_computations": res.total_computations(),
+                                      "tol": config.radius_tol}
+
+
+def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _State, stages: _Stages,
+              model_info: dict[str, Any], data_info: dict[str, Any], command: str) -> AuditResult:
+    from lipaudit.crosscheck import ordering_violations, soundness_violations
+
+    n = st.n
+    labels = [int(v) for v in y.tolist()]
+    preds = [int(v) for v in st.prediction.tolist()] if st.prediction is not None else [-1] * n
+    correct = [p == t for p, t in zip(preds, labels)]
+    lip_r = _radii(st.radius_lipschitz, n)
+    att_r = _radii(st.radius_attack, n)
+    cert_r = {m: _radii(r, n) for m, r in st.radius_certified.items()}
+
+    certified: dict[str, dict[str, list[bool]]] = {}
+    attacked: dict[str, dict[str, list[bool]]] = {}
+    rows: list[AccuracyRow] = []
+    for eps in config.eps:
+        key = eps_key(eps)
+        by_method = {m: [c and b for c, b in zip(correct, _bools(t, n))] for m, t in st.certified.get(key, {}).items()}
+        if st.radius_lipschitz is not None:
+            by_method[LIPSCHITZ] = [c and r is not None and r > eps for c, r in zip(correct, lip_r)]
+        by_attack = {a: [not c or b for c, b in zip(correct, _bools(t, n))]
+                     for a, t in st.attacked.get(key, {}).items()}
+        certified[key], attacked[key] = by_method, by_attack
+        ran_attacks = key in st.worst_attacked
+        worst = [not c or b for c, b in zip(correct, _bools(st.worst_attacked.get(key), n))]
+        rows.append(AccuracyRow(
+            eps=eps,
+            clean=sum(correct) / n,
+            certified={m: sum(v) / n for m, v in by_method.items()},
+            robust={a: sum(not b for b in v) / n for a, v in by_attack.items()},
+            worst_case=sum(not b for b in worst) / n if ran_attacks else sum(correct) / n,
+        ))
+
+    samples = []
+    for i in range(n):
+        samples.append(SampleRecord(
+            index=i, label=labels[i], prediction=preds[i],
+            radius_lipschitz=lip_r[i] if correct[i] else 0.0,
+            radius_certified={m: (r[i] if correct[i] else 0.0) for m, r in cert_r.items()},
+            radius_attack=att_r[i] if correct[i] else 0.0,
+            certified_at={key: any(v[i] for v in certified[key].values()) for key in certified},
+            attacked_at={key: any(v[i] for v in attacked[key].values()) or not correct[i] for key in attacked},
+            certified_method_at={key: next((m for m, v in certified[key].items() if v[i]), None) for key in certified},
+        ))
+    sound = soundness_violations(certified, attacked)
+    order = ordering_violations([s.radius_lipschitz for s in samples],
+                                {m: [s.radius_certified[m] for s in samples] for m in cert_r},
+                                [s.radius_attack for s in samples])
+    flags = list(st.flags)
+    if sound:
+        flags.insert(0, FlagRecord(code="soundness-violation", severity="error", stage="cross-check",
+                                   message=f"{len(sound)} certified sample(s) were broken by an attack at the same ε: "
+                                           "a verifier is unsound on this model; do not trust its certificates."))
+    if order:
+        flags.append(FlagRecord(code="radius-ordering", severity="error", stage="cross-check",
+                                message=f"Lipschitz ≤ certified ≤ attack radius failed for {len(order)} sample(s)."))
+    for f in stages.failures:
+        flags.append(FlagRecord(code="stage-failed", severity="warning", stage=str(f["stage"]),
+                                message=f"{f['what']}: {f['message']}"))
+    status = "partial" if stages.interrupted or stages.failures else "complete"
+    return AuditResult(
+        model=model_info,
+        threat_model={"norm": str(config.norm), "eps": list(config.eps), "n": n,
+                      "denominator": "all n evaluated samples (misclassified samples count as not robust)",
+                      **data_info},
+        layers=st.layers, lipschitz=st.lipschitz, accuracy=rows, samples=samples, flags=flags,
+        timing=dict(stages.timing), status=status, failures=stages.failures, soundness_violations=sound,
+        ordering_violations=order, certification=st.cert_info, attacks=st.attack_info, examples=st.examples,
+        environment=environment(x.device), command=command,
+    )
