@@ -1,0 +1,261 @@
+"""Certification of a batch of samples at one ε: batching under a memory budget, time budgets, fallbacks."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lipaudit._progress import Progress
+from lipaudit.certify import _resources
+from lipaudit.certify.lirpa import LIRPA_ERRORS, BoundEngine, margin_matrix, validate_inputs
+from lipaudit.certify.options import CertifyOptions
+from lipaudit.types import Method, Norm
+
+__all__ = ["STATUSES", "Certifier", "CertifyResult", "certify"]
+
+_ORDER = (Method.IBP, Method.CROWN_IBP, Method.CROWN, Method.ALPHA_CROWN)
+STATUSES = ("certified", "not-certified", "error", "timeout")
+
+
+@dataclasses.dataclass(frozen=True)
+class CertifyResult:
+    """Per-sample outcome of certifying ``f_y − f_j > tol`` for all ``j ≠ y`` over the ε-ball.
+
+    ``status[i]`` is one of ``"certified"``, ``"not-certified"``, ``"error"``, ``"timeout"``; ``margin_lower[i]`` the
+    smallest margin lower bound (None where no method finished); ``method_used[i]`` which method and conv mode
+    produced it (e.g. ``"CROWN[patches]"``); ``message[i]`` the one-line reason of an error or timeout;
+    ``fallbacks`` every fallback taken, in words. Certified ⇒ a lower bound on robustness (``is_certified``).
+    """
+
+    is_certified: ClassVar[bool] = True
+
+    norm: Norm
+    eps: float
+    method: Method
+    status: tuple[str, ...]
+    margin_lower: tuple[float | None, ...]
+    method_used: tuple[str | None, ...]
+    message: tuple[str | None, ...]
+    fallbacks: tuple[str, ...]
+    batch_size: int
+    time_s: float
+
+    @property
+    def certified(self) -> torch.Tensor:
+        """Boolean mask (N,) of certified samples."""
+        return torch.tensor([s == "certified" for s in self.status], dtype=torch.bool)
+
+    @property
+    def num_certified(self) -> int:
+        """How many samples are certified."""
+        return sum(s == "certified" for s in self.status)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            "norm": str(self.norm), "eps": self.eps, "method": str(self.method), "status": list(self.status),
+            "margin_lower": list(self.margin_lower), "method_used": list(self.method_used),
+            "message": list(self.message), "fallbacks": list(self.fallbacks), "batch_size": self.batch_size,
+            "time_s": self.time_s, "num_certified": self.num_certified,
+        }
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+@dataclasses.dataclass
+class _Outcome:
+    margin: float | None = None
+    used: str | None = None
+    status: str | None = None
+    message: str | None = None
+
+
+class Certifier:
+    """Certifies samples of one model under one norm; keeps the parsed auto_LiRPA modules between calls.
+
+    Args:
+        model: the classifier, inputs in [0, 1].
+        x_example: a batch with the input shape.
+        norm: the input norm.
+        options: budgets and modes (defaults: :class:`CertifyOptions`).
+    """
+
+    def __init__(
+        self, model: nn.Module, x_example: torch.Tensor, norm: Norm | str | float,
+        options: CertifyOptions | None = None,
+    ) -> None:
+        self.norm = Norm.parse(norm)
+        self.options = options or CertifyOptions()
+        self.model = model
+        self.num_classes = validate_inputs(model, x_example, torch.zeros(x_example.shape[0], dtype=torch.long))
+        self.engine = BoundEngine(model, x_example, self.norm, self.options)
+        self.fallbacks: list[str] = []
+        self.computations = 0
+        self._batch: int | None = self.options.batch_size
+        self._matrix_ok = (
+            _resources.dense_matrix_bytes(self.engine.model, x_example, self.num_classes)
+            < self.options.memory_budget_bytes / 2
+        )
+
+    def attempts(self, method: Method) -> list[tuple[Method, str]]:
+        """(method, conv mode) pairs to try in order: the requested one, other mode, then cheaper methods."""
+        mode = self.options.conv_mode
+        modes = ["patches", "matrix"] if mode == "auto" else [mode]
+        if mode == "auto" and not self._matrix_ok:
+            modes = ["patches"]
+        if not self.options.fallback:
+            return [(method, modes[0])]
+        cheaper = [m for m in reversed(_ORDER[: _ORDER.index(method)]) if m is not Method.CROWN_IBP
+                   or method is not Method.ALPHA_CROWN]
+        return [(m, md) for m in [method, *cheaper] for md in modes]
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method, mode: str) -> torch.Tensor:
+        c = margin_matrix(y, self.num_classes).to(dtype=x.dtype)
+        self.computations += 1
+        with _resources.deadline(self.options.time_budget_s * x.shape[0]):
+            lower, _ = self.engine.bounds(x, eps, method, mode, c)
+        return lower.amin(dim=1)
+
+    def _batch_size(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method, mode: str) -> int:
+        """Measure one sample's peak memory and size batches to stay under the budget (at most 64)."""
+        cap = self.options.batch_size or 64
+        base = _resources.rss_bytes()
+        if base is None or not _resources.reset_peak_rss():
+            return min(cap, 16)
+        self._run(x[:1], y[:1], eps, method, mode)
+        peak = _resources.peak_rss_bytes() or base
+        per_sample = max(peak - base, 16 * 2**20)
+        return int(max(1, min(cap, (self.options.memory_budget_bytes - base) // per_sample)))
+
+    def certify_batch(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method) -> list[_Outcome]:
+        """Margin lower bounds for every sample, with OOM halving, time budgets and fallbacks."""
+        outcomes = [_Outcome() for _ in range(x.shape[0])]
+        pending = list(range(x.shape[0]))
+        for k, (m, mode) in enumerate(self.attempts(method)):
+            if not pending:
+                break
+            failed = self._attempt(x, y, eps, m, mode, pending, outcomes)
+            if failed and k + 1 < len(self.attempts(method)):
+                nxt = self.attempts(method)[k + 1]
+                self.fallbacks.append(f"{m}[{mode}] failed on {len(failed)} sample(s) "
+                                      f"({outcomes[failed[0]].message}); trying {nxt[0]}[{nxt[1]}]")
+            pending = failed
+        return outcomes
+
+    def _attempt(
+        self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method, mode: str, todo: list[int],
+        outcomes: list[_Outcome],
+    ) -> list[int]:
+        failed: list[int] = []
+        queue = list(todo)
+        while queue:
+            if self._batch is None:
+                try:
+                    self._batch = self._batch_size(x[queue], y[queue], eps, method, mode)
+                except LIRPA_ERRORS as err:
+                    self.engine.discard()
+                    if not _resources.is_out_of_memory(err):
+                        for i in queue:
+                            outcomes[i].status, outcomes[i].message = "error", _one_line(err)
+                        return queue
+                    self._batch = 1
+                except _resources.Deadline as err:
+                    self.engine.discard()
+                    self._batch = 1
+                    outcomes[queue[0]].status, outcomes[queue[0]].message = "timeout", _one_line(err)
+                    failed.append(queue.pop(0))
+                    continue
+            chunk, rest = queue[: self._batch], queue[self._batch:]
+            try:
+                margins = self._run(x[chunk], y[chunk], eps, method, mode)
+            except _resources.Deadline as err:
+                self.engine.discard()
+                if len(chunk) > 1:
+                    self._batch = max(1, len(chunk) // 2)
+                    continue
+                outcomes[chunk[0]].status, outcomes[chunk[0]].message = "timeout", _one_line(err)
+                failed.append(chunk[0])
+                queue = rest
+                continue
+            except LIRPA_ERRORS as err:
+                self.engine.discard()
+                if _resources.is_out_of_memory(err) and len(chunk) > 1:
+                    self._batch = max(1, len(chunk) // 2)
+                    continue
+                for i in chunk:
+                    if outcomes[i].status != "timeout":
+                        outcomes[i].status, outcomes[i].message = "error", _one_line(err)
+                failed.extend(chunk)
+                queue = rest
+                continue
+            for i, margin in zip(chunk, margins.tolist(), strict=True):
+                o = outcomes[i]
+                o.margin, o.used = float(margin), f"{method}[{mode}]"
+                ok = math.isfinite(margin) and margin > self.options.margin_tol
+                if o.status != "timeout" or ok:
+                    o.status, o.message = ("certified" if ok else "not-certified"), o.message if not ok else None
+            queue = rest
+        return failed
+
+    def certify(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method | str,
+                progress: Progress | None = None) -> CertifyResult:
+        """Certify every sample at ``eps`` (see :func:`certify`)."""
+        method = Method.parse(method)
+        validate_inputs(self.model, x, y, eps)
+        start, n_fallbacks = time.perf_counter(), len(self.fallbacks)
+        outcomes = self.certify_batch(x, y, float(eps), method)
+        if progress is not None:
+            progress("certify", x.shape[0], x.shape[0])
+        return CertifyResult(
+            norm=self.norm, eps=float(eps), method=method,
+            status=tuple(o.status or "error" for o in outcomes),
+            margin_lower=tuple(o.margin for o in outcomes), method_used=tuple(o.used for o in outcomes),
+            message=tuple(o.message for o in outcomes), fallbacks=tuple(self.fallbacks[n_fallbacks:]),
+            batch_size=self._batch or 1, time_s=time.perf_counter() - start,
+        )
+
+
+def certify(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    norm: Norm | str | float,
+    eps: float,
+    method: Method | str,
+    *,
+    options: CertifyOptions | None = None,
+    progress: Progress | None = None,
+) -> CertifyResult:
+    """Certify that every sample keeps its label over the ε-ball (ℓ∞ balls intersected with [0, 1]).
+
+    A sample is ``"certified"`` when auto_LiRPA's lower bound on ``f_y − f_j`` exceeds ``options.margin_tol`` for
+    every ``j ≠ y``. When a method raises, other conv modes and cheaper methods are tried (recorded in
+    ``fallbacks`` and ``method_used``); a sample no method handles gets ``"error"`` with the exception's one-line
+    message; a sample over the time budget gets ``"timeout"`` unless a cheaper method certifies it.
+
+    Raises:
+        UsageError: ε ≤ 0, an unknown norm or method.
+        ShapeError: inputs, labels and model disagree.
+        MissingDependencyError: auto_LiRPA is not installed.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> with torch.no_grad():
+        ...     _ = net[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]))
+        ...     _ = net[1].bias.zero_()
+        >>> x = torch.tensor([[[[0.9, 0.5], [0.5, 0.5]]]])
+        >>> certify(net, x, torch.tensor([0]), "inf", 0.1, "CROWN").status
+        ('certified',)
+    """
+    norm = Norm.parse(norm)
+    method = Method.parse(method)
+    validate_inputs(model, x, y, eps)
+    return Certifier(model, x, norm, options).certify(x, y, eps, method, progress)
