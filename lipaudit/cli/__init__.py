@@ -22,7 +22,10 @@ __all__ = ["cli", "main"]
 
 # name -> "module:attribute"; each module holds one click command.
 _COMMANDS: dict[str, str] = {
+    "check": "lipaudit.cli.check:check",
+    "compare": "lipaudit.cli.compare:compare",
     "norms": "lipaudit.cli.norms:norms",
+    "report": "lipaudit.cli.report:report",
 }
 
 

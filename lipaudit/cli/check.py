@@ -1,0 +1,195 @@
+"""``lipaudit check``: the full audit of one model → one self-contained HTML report and a JSON file."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lipaudit.cli._options import load_from_options, model_options, parse_eps_list, tqdm_progress
+from lipaudit.errors import ShapeError, UsageError
+from lipaudit.types import Method, Norm
+
+__all__ = ["DEFAULT_EPS", "check", "exit_code_for", "model_info"]
+
+#: Default ε per norm, for images in [0, 1].
+DEFAULT_EPS = {Norm.LINF: "0.01,0.03,0.1", Norm.L2: "0.1,0.3,1.0", Norm.L1: "0.25,0.5,1.0"}
+EXIT_SOUNDNESS, EXIT_BELOW_BAR, EXIT_INTERRUPTED = 3, 4, 130
+
+
+def model_info(loaded: Any, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The model facts of the threat-model card."""
+    return {
+        "path": str(loaded.path), "sha256": loaded.sha256, "format": loaded.format, "arch": loaded.arch,
+        "num_parameters": int(loaded.num_parameters), "input_shape": list(input_shape), "num_classes": num_classes,
+        "mean": list(loaded.mean) if loaded.mean else None, "std": list(loaded.std) if loaded.std else None,
+    }
+
+
+def _methods(text: str | None, model: Any, input_shape: tuple[int, ...]) -> tuple[tuple[Method, ...], Method | None]:
+    from lipaudit.audit import default_methods
+
+    if text is None or text == "auto":
+        return default_methods(model, input_shape)
+    if text == "none":
+        return (), None
+    methods = tuple(Method.parse(m) for m in text.split(",") if m.strip())
+    order = list(Method)
+    methods = tuple(sorted(set(methods), key=order.index))
+    return methods, methods[-1] if methods else None
+
+
+def exit_code_for(result: Any, fail_under_certified: float | None, fail_under_robust: float | None) -> int:
+    """0, or 3 on a soundness violation, or 4 when a ``--fail-under-*`` bar is missed at some ε, or 130 if partial
+    because interrupted."""
+    if result.soundness_violations:
+        return EXIT_SOUNDNESS
+    if any(f.get("what") == "interrupted" for f in result.failures):
+        return EXIT_INTERRUPTED
+    for row in result.accuracy:
+        best = max(row.certified.values(), default=0.0)
+        if fail_under_certified is not None and best < fail_under_certified:
+            return EXIT_BELOW_BAR
+        if fail_under_robust is not None and row.worst_case < fail_under_robust:
+            return EXIT_BELOW_BAR
+    return 0
+
+
+def _fraction(value: float | None, name: str) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise UsageError(f"Expected {name} as a fraction in [0, 1] but got {value!r}")
+    return value
+
+
+@click.command("check")
+@click.argument("model", type=click.Path(dir_okay=False))
+@model_options
+@click.option("--data", default="mnist", show_default=True,
+              help="mnist, digits, a .npz file (x, y), an image folder, or a cifar-10-batches-py folder.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
+@click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=1), help="Samples to audit.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling and attacks.")
+@click.option("--norm", "norm_text", default="inf", show_default=True, help="Threat model: inf, 2 or 1.")
+@click.option("--eps", "eps_text", default=None, help="Comma-separated ε list in (0, 1] [default: by norm].")
+@click.option("--methods", default="auto", show_default=True,
+              help="Certification methods: auto, none, or a list of ibp,crown-ibp,crown,alpha-crown.")
+@click.option("--radius/--no-radius", "radius", default=True, show_default=True,
+              help="Per-sample certified and attack radii (bisection / minimal-norm attack).")
+@click.option("--memory-budget", default=8.0, show_default=True, type=float, help="GB for certification.")
+@click.option("--time-budget", default=60.0, show_default=True, type=float, help="Seconds per sample to certify.")
+@click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
+              help="HTML report path [default: reports/<model>.html].")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="JSON results path [default: next to the HTML report].")
+@click.option("--fail-under-certified", type=float, default=None,
+              help="Exit 4 when the best certified accuracy at some ε is below this fraction.")
+@click.option("--fail-under-robust", type=float, default=None,
+              help="Exit 4 when the worst-case empirical robust accuracy at some ε is below this fraction.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [default: when a terminal].")
+def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None, device: str,
+          data: str, split: str, n: int, seed: int, norm_text: str, eps_text: str | None, methods: str,
+          radius: bool, memory_budget: float, time_budget: float, output: str | None, json_path: str | None,
+          fail_under_certified: float | None, fail_under_robust: float | None, progress: bool | None) -> None:
+    """Audit MODEL: layer norms, Lipschitz bounds, certification, attacks and their cross-checks.
+
+    Writes one self-contained HTML report and a JSON file with every number in it. Exit status: 0 ok, 1 failure,
+    2 usage error, 3 soundness violation (a certified sample was attacked), 4 below a --fail-under bar,
+    130 interrupted (a partial report is written).
+    """
+    from lipaudit.results import check_writable
+
+    norm = Norm.parse(norm_text)
+    eps = parse_eps_list(eps_text if eps_text is not None else DEFAULT_EPS[norm])
+    _fraction(fail_under_certified, "--fail-under-certified")
+    _fraction(fail_under_robust, "--fail-under-robust")
+    if memory_budget <= 0 or time_budget <= 0:
+        raise UsageError(f"Expected positive budgets but got --memory-budget {memory_budget!r}, "
+                         f"--time-budget {time_budget!r}")
+    stem = Path(model).stem or "model"
+    html_path = Path(output) if output else Path("reports") / f"{stem}.html"
+    if output is None:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+    json_file = Path(json_path) if json_path else html_path.with_suffix(".json")
+    check_writable(html_path)
+    check_writable(json_file)
+    result = audit_model(model, arch=arch, unsafe_pickle=unsafe_pickle, mean=mean, std=std, device=device,
+                         data=data, split=split, n=n, seed=seed, norm=norm, eps=eps, methods=methods, radius=radius,
+                         memory_budget=memory_budget, time_budget=time_budget, progress=progress,
+                         command=_command(model, arch, unsafe_pickle, mean, std, device, data, split, n, seed, norm,
+                                          eps, methods, radius, html_path, json_file))
+    write_outputs(result, html_path, json_file)
+    code = exit_code_for(result, fail_under_certified, fail_under_robust)
+    if code:
+        sys.exit(code)
+
+
+def _command(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None, device: str,
+             data: str, split: str, n: int, seed: int, norm: Norm, eps: tuple[float, ...], methods: str,
+             radius: bool, html_path: Path, json_file: Path) -> str:
+    """The exact command line that reproduces this audit, every default made explicit."""
+    args = ["lipaudit", "check", model]
+    args += ["--arch", arch] if arch else []
+    args += ["--unsafe-pickle"] if unsafe_pickle else []
+    args += ["--mean", mean, "--std", std] if mean and std else []
+    args += ["--device", device, "--data", data, "--split", split, "--n", str(n), "--seed", str(seed),
+             "--norm", str(norm), "--eps", ",".join(f"{e:g}" for e in eps), "--methods", methods,
+             "--radius" if radius else "--no-radius", "-o", str(html_path), "--json", str(json_file)]
+    return shlex.join(args)
+
+
+def write_outputs(result: Any, html_path: Path, json_file: Path) -> None:
+    """Write the JSON, then the HTML (both atomically), and say where on stderr."""
+    from lipaudit.report.html import write_report
+
+    result.save(json_file)
+    write_report(result, html_path)
+    state = "partial report" if result.status != "complete" else "report"
+    click.echo(f"lipaudit: {state} written to {html_path} (JSON: {json_file})", err=True)
+    for row in result.accuracy:
+        best = max(row.certified.items(), key=lambda kv: kv[1], default=("none", 0.0))
+        click.echo(f"  eps {row.eps:g}: clean {row.clean:.1%}  certified {best[1]:.1%} ({best[0]})  "
+                   f"empirical {row.worst_case:.1%}", err=True)
+    if result.soundness_violations:
+        click.echo(f"lipaudit: SOUNDNESS VIOLATION on {len(result.soundness_violations)} sample(s): a certified "
+                   "sample was attacked (see the report)", err=True)
+
+
+def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None,
+                device: str, data: str, split: str, n: int, seed: int, norm: Norm, eps: tuple[float, ...],
+                methods: str, radius: bool, memory_budget: float, time_budget: float, progress: bool | None,
+                command: str) -> Any:
+    """Load the model and data, then run the audit (shared by ``check`` and ``demo``)."""
+    import torch
+
+    from lipaudit.audit import AuditConfig, run_audit
+    from lipaudit.data import load_data
+
+    torch.manual_seed(seed)
+    loaded = load_from_options(model, arch, unsafe_pickle, mean, std, device)
+    dataset = load_data(data, n=n, seed=seed, split=split)
+    x, y = dataset.x.to(device), dataset.y.to(device)
+    input_shape = tuple(int(s) for s in x.shape[1:])
+    try:
+        with torch.no_grad():
+            out = loaded.module(x[:1])
+    except RuntimeError as err:
+        raise ShapeError(f"The model rejects the data's input shape {input_shape}: "
+                         f"{str(err).splitlines()[0][:200]}") from err
+    if out.dim() != 2:
+        raise ShapeError(f"Expected the model to output (N, classes) logits but got shape {tuple(out.shape)}")
+    num_classes = int(out.shape[1])
+    if int(y.max()) >= num_classes:
+        raise ShapeError(f"The data has label {int(y.max())} but the model outputs only {num_classes} classes")
+    chosen, radius_method = _methods(methods, loaded.module, input_shape)
+    config = AuditConfig(norm=norm, eps=eps, methods=chosen, radius_method=radius_method if radius else None,
+                         attack_radius=radius, seed=seed, memory_budget_gb=memory_budget, time_budget_s=time_budget)
+    bars = tqdm_progress(progress)
+    try:
+        return run_audit(loaded.module, x, y, config, model_info=model_info(loaded, input_shape, num_classes),
+                         data_info={"data": dataset.name, "split": split, "seed": seed}, command=command,
+                         progress=bars)
+    finally:
+        bars.close()

@@ -1,0 +1,162 @@
+"""Several audit results side by side: layer norms, accuracies, Lipschitz bounds, and whether larger norms went
+with less robustness in this set (Spearman rank correlation, with its n)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+from lipaudit.report import plots
+from lipaudit.report.html import _environment, fmt, pct
+from lipaudit.results import AuditResult, atomic_write_text
+
+__all__ = ["norm_robustness_correlation", "render_comparison", "spearman", "write_comparison"]
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); ``None`` when undefined (n < 3 or a constant).
+
+    Example:
+        >>> spearman([1, 2, 3, 4], [10, 20, 30, 40]), spearman([1, 2, 3], [3, 2, 1])
+        (1.0, -1.0)
+    """
+    if len(a) != len(b):
+        raise ValueError(f"Expected sequences of equal length but got {len(a)} and {len(b)}")
+    if len(a) < 3:
+        return None
+
+    def ranks(v: Sequence[float]) -> np.ndarray:
+        arr = np.asarray(v, dtype=float)
+        order = arr.argsort(kind="stable")
+        r = np.empty(len(arr))
+        r[order] = np.arange(1, len(arr) + 1)
+        for value in np.unique(arr):  # average ranks over ties
+            tie = arr == value
+            r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _log_mean(values: Sequence[float]) -> float:
+    vals = [v for v in values if v and v > 0 and math.isfinite(v)]
+    return float(np.mean(np.log10(vals))) if vals else math.nan
+
+
+def norm_robustness_correlation(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """For each norm p and ε: Spearman correlation between the mean log10 layer ℓp norm of each model and its
+    worst-case empirical robust accuracy (and its best certified accuracy) at that ε."""
+    out = []
+    eps_common = sorted(set.intersection(*[{row["eps"] for row in r["accuracy"]} for r in results])) if results else []
+    for key, label in (("l1", "ℓ1"), ("l2_upper", "ℓ2"), ("linf", "ℓ∞")):
+        size = [_log_mean([layer.get(key) for layer in r["layers"]]) for r in results]
+        for eps in eps_common:
+            rows = [next(row for row in r["accuracy"] if row["eps"] == eps) for r in results]
+            robust = [row["worst_case"] for row in rows]
+            cert = [max(row["certified"].values(), default=0.0) for row in rows]
+            keep = [i for i, s in enumerate(size) if math.isfinite(s)]
+            out.append({
+                "norm": label, "eps": eps, "n": len(keep),
+                "rho_robust": spearman([size[i] for i in keep], [robust[i] for i in keep]),
+                "rho_certified": spearman([size[i] for i in keep], [cert[i] for i in keep]),
+            })
+    return out
+
+
+def _statement(corr: Sequence[Mapping[str, Any]]) -> str:
+    usable = [c for c in corr if c["rho_robust"] is not None]
+    if not usable:
+        return ("Too few models (or no variation) to say whether larger layer norms went with less robustness: "
+                "a rank correlation needs at least 3 models.")
+    n = usable[0]["n"]
+    neg = sum(c["rho_robust"] < -0.5 for c in usable)
+    pos = sum(c["rho_robust"] > 0.5 for c in usable)
+    mean = float(np.mean([c["rho_robust"] for c in usable]))
+    if neg > pos and mean < -0.3:
+        verdict = "larger layer norms went with <strong>less</strong> empirical robustness"
+    elif pos > neg and mean > 0.3:
+        verdict = "larger layer norms went with <strong>more</strong> empirical robustness"
+    else:
+        verdict = "there was <strong>no consistent relation</strong> between layer norms and empirical robustness"
+    return (f"In this set of {n} models, {verdict} (mean Spearman ρ = {mean:+.2f} over {len(usable)} "
+            f"norm × ε combinations; with n = {n}, |ρ| must exceed about {_critical_rho(n):.2f} to be significant at "
+            "the 5% level).")
+
+
+def _critical_rho(n: int) -> float:
+    """Approximate two-sided 5% critical value of Spearman's ρ (t-approximation; exact tables differ for n < 10)."""
+    if n <= 3:
+        return 1.0
+    t = 2.0 if n > 30 else {4: 4.30, 5: 3.18, 6: 2.78, 7: 2.57, 8: 2.45, 9: 2.36, 10: 2.31}.get(n, 2.1)
+    return float(t / math.sqrt(n - 2 + t * t))
+
+
+def _grouped_layers_svg(results: Sequence[Mapping[str, Any]], names: Sequence[str], key: str, label: str) -> str:
+    fig = plots._figure(7.0, 3.0)
+    ax = fig.add_subplot()
+    layer_names = [str(layer["name"]) for layer in results[0]["layers"]]
+    x = np.arange(len(layer_names))
+    width = 0.8 / max(1, len(results))
+    for k, (r, name) in enumerate(zip(results, names)):
+        by_name = {str(layer["name"]): layer.get(key) for layer in r["layers"]}
+        ax.bar(x + (k - (len(results) - 1) / 2) * width, [by_name.get(n) or math.nan for n in layer_names], width,
+               label=name, color=plots.PALETTE[k % len(plots.PALETTE)])
+    ax.set_yscale("log")
+    ax.set_xticks(x, layer_names, rotation=45, ha="right")
+    ax.set_ylabel(f"{label} operator norm (log)")
+    ax.legend(frameon=False, fontsize=7, ncols=min(4, len(names)))
+    return plots._svg(fig)
+
+
+def _density_svg(results: Sequence[Mapping[str, Any]], names: Sequence[str], key: str, label: str) -> str:
+    fig = plots._figure(7.0, 2.6)
+    ax = fig.add_subplot()
+    every = [math.log10(layer[key]) for r in results for layer in r["layers"] if layer.get(key)]
+    if every:
+        grid = np.linspace(min(every) - 0.5, max(every) + 0.5, 200)
+        for k, (r, name) in enumerate(zip(results, names)):
+            vals = np.array([math.log10(layer[key]) for layer in r["layers"] if layer.get(key)])
+            if vals.size == 0:
+                continue
+            bw = max(0.15, 1.06 * (vals.std() or 0.3) * vals.size ** (-0.2))  # Silverman's rule, floored
+            dens = np.exp(-0.5 * ((grid[:, None] - vals[None, :]) / bw) ** 2).sum(1) / (vals.size * bw * 2.5066)
+            ax.plot(grid, dens, color=plots.PALETTE[k % len(plots.PALETTE)], label=name)
+    ax.set_xlabel(f"log10 of layer {label} norms")
+    ax.set_ylabel("density")
+    ax.legend(frameon=False, fontsize=7)
+    return plots._svg(fig)
+
+
+def render_comparison(results: Sequence[AuditResult | Mapping[str, Any]], names: Sequence[str] | None = None) -> str:
+    """One self-contained HTML page comparing several audits (same norm and ε list expected)."""
+    rs = [r.to_dict() if isinstance(r, AuditResult) else dict(r) for r in results]
+    if not rs:
+        raise ValueError("Expected at least one audit result to compare but got none")
+    labels = list(names) if names else [Path(str(r["model"].get("path", f"model {i}"))).stem for i, r in enumerate(rs)]
+    with matplotlib.rc_context(plots._RC):
+        figs = {
+            key: {"bars": _grouped_layers_svg(rs, labels, key, label), "density": _density_svg(rs, labels, key, label)}
+            for key, label in (("l1", "ℓ1"), ("l2_upper", "ℓ2"), ("linf", "ℓ∞"))
+        }
+    corr = norm_robustness_correlation(rs)
+    css = resources.files("lipaudit.report").joinpath("templates/base.css").read_text(encoding="utf-8")
+    return _environment().get_template("compare.html.j2").render(
+        rs=list(zip(labels, rs)), figs=figs, corr=corr, statement=_statement(corr), css=css,
+        eps_list=sorted({row["eps"] for r in rs for row in r["accuracy"]}), fmt=fmt, pct=pct,
+    )
+
+
+def write_comparison(results: Sequence[AuditResult | Mapping[str, Any]], path: str | Path,
+                     names: Sequence[str] | None = None) -> Path:
+    """Render and atomically write the comparison page."""
+    atomic_write_text(path, render_comparison(results, names))
+    return Path(path)
