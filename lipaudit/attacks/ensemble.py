@@ -1,0 +1,292 @@
+"""Point-wise worst case over an ensemble of attacks at several radii, with accounting and sanity flags."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lipaudit._progress import NullProgress, Progress
+from lipaudit.attacks.apgd import APGD
+from lipaudit.attacks.base import Attack, CountingModel, _view, check_eps, check_inputs, eval_mode
+from lipaudit.attacks.checks import (
+    Flag,
+    check_gradients,
+    check_large_eps,
+    check_monotone,
+    check_noise_baseline,
+    check_output_range,
+    check_randomness,
+    noise_attack,
+)
+from lipaudit.attacks.radius import box_covering_eps
+from lipaudit.errors import UsageError
+from lipaudit.types import Norm
+
+__all__ = ["DENOMINATOR", "AttackReport", "AttackStats", "EpsResult", "default_attacks", "evaluate_attacks"]
+
+DENOMINATOR = (
+    "robust accuracy = fraction of ALL evaluated points that are classified correctly and resisted every attack "
+    "(misclassified clean points count as attacked), as AutoAttack reports it"
+)
+
+
+def default_attacks(norm: Norm | str | float, *, steps: int = 100, n_targets: int = 9, seed: int = 0) -> list[Attack]:
+    """APGD-CE, APGD-DLR and APGD-T (targeted DLR): the gradient part of AutoAttack's standard ensemble."""
+    return [
+        APGD(norm, loss="ce", steps=steps, seed=seed),
+        APGD(norm, loss="dlr", steps=steps, seed=seed),
+        APGD(norm, targeted=True, steps=steps, n_targets=n_targets, seed=seed),
+    ]
+
+
+@dataclass(frozen=True)
+class AttackStats:
+    """What one attack did at one ε: how many points it ran on and broke, robust accuracy after it, and its cost."""
+
+    name: str
+    eps: float
+    attempted: int
+    newly_attacked: int
+    robust_accuracy_after: float
+    forward_passes: int
+    backward_passes: int
+    forward_samples: int
+    backward_samples: int
+    wall_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class EpsResult:
+    """The ensemble's worst case at one ε.
+
+    Attributes:
+        eps: the radius.
+        robust_accuracy: 1 − mean(attacked) over all N points (an upper bound on the true robust accuracy).
+        robust_accuracy_this_eps: the same counting only what the attacks found at this ε (not at smaller ones).
+        attacked: per sample, True when misclassified or broken at this ε or a smaller ε of the evaluation.
+        per_attack: one :class:`AttackStats` per attack, in the order they ran (each only on still-robust points).
+        noise_attacked: points the random-noise baseline broke.
+        x_adv: the worst-case points (``x`` where nothing was found); not part of :meth:`to_dict`.
+    """
+
+    eps: float
+    robust_accuracy: float
+    robust_accuracy_this_eps: float
+    attacked: tuple[bool, ...]
+    per_attack: tuple[AttackStats, ...]
+    noise_attacked: int
+    x_adv: Tensor = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (without ``x_adv``)."""
+        return {
+            "eps": self.eps,
+            "robust_accuracy": self.robust_accuracy,
+            "robust_accuracy_this_eps": self.robust_accuracy_this_eps,
+            "attacked": list(self.attacked),
+            "per_attack": [s.to_dict() for s in self.per_attack],
+            "noise_attacked": self.noise_attacked,
+        }
+
+
+@dataclass(frozen=True)
+class AttackReport:
+    """Attack evaluation of a batch at several ε (ascending), with flags and cost accounting.
+
+    Robust accuracy counts over all evaluated points (see :data:`DENOMINATOR`) and is an upper bound on the true
+    robust accuracy (``is_certified`` is False for every attack).
+    """
+
+    norm: Norm
+    n: int
+    clean_accuracy: float
+    clean_correct: tuple[bool, ...]
+    results: tuple[EpsResult, ...]
+    flags: tuple[Flag, ...]
+    attacks: tuple[str, ...]
+    wall_time_s: float
+    denominator: str = DENOMINATOR
+
+    @property
+    def eps(self) -> tuple[float, ...]:
+        """The radii, ascending."""
+        return tuple(r.eps for r in self.results)
+
+    @property
+    def attacked_at(self) -> dict[float, tuple[bool, ...]]:
+        """ε → per-sample attacked flags."""
+        return {r.eps: r.attacked for r in self.results}
+
+    @property
+    def robust_accuracy(self) -> dict[float, float]:
+        """ε → worst-case robust accuracy."""
+        return {r.eps: r.robust_accuracy for r in self.results}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (adversarial examples omitted)."""
+        return {
+            "norm": self.norm.value,
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "clean_correct": list(self.clean_correct),
+            "results": [r.to_dict() for r in self.results],
+            "flags": [f.to_dict() for f in self.flags],
+            "attacks": list(self.attacks),
+            "wall_time_s": self.wall_time_s,
+            "denominator": self.denominator,
+            "direction": "upper bound on robust accuracy (attacks)",
+        }
+
+
+def _run_attack(
+    attack: Attack, model: nn.Module, x: Tensor, y: Tensor, eps: float
+) -> tuple[Tensor, Tensor, dict[str, int], float]:
+    counted = CountingModel(model)
+    start = time.perf_counter()
+    x_adv = attack.perturb(counted, x, y, eps)
+    with torch.no_grad():
+        hit = counted(x_adv).argmax(1) != y
+    return x_adv, hit, counted.counts(), time.perf_counter() - start
+
+
+def evaluate_attacks(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: Norm | str | float,
+    eps_list: Sequence[float],
+    *,
+    attacks: Sequence[Attack] | None = None,
+    noise_samples: int = 16,
+    large_eps_check: bool = True,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> AttackReport:
+    """Point-wise worst case over an ensemble of attacks at each ε (AutoAttack-style), with sanity flags.
+
+    At each ε (ascending) the attacks run in order, each only on the points still robust; a point counts as attacked
+    when one attack produced a point verified (by a final forward pass) to be misclassified, when random noise did,
+    or when it was attacked at a smaller ε (the balls are nested). Forward/backward passes and wall time are counted
+    per attack and ε (the final verification pass included).
+
+    Args:
+        model: classifier returning logits (N, classes); evaluated in eval mode, caller's mode restored.
+        x: inputs (N, ...) in [0, 1].
+        y: labels (N,).
+        norm: threat-model norm.
+        eps_list: radii (each finite and > 0).
+        attacks: the ensemble; default :func:`default_attacks` (APGD-CE, APGD-DLR, APGD-T, 100 steps).
+        noise_samples: random points per input for the noise baseline (0 disables it).
+        large_eps_check: also run the first attack at the box-covering ε and flag points that survive it.
+        seed: seed of the noise baseline.
+        progress: receives ``("attacks", done, total)``.
+
+    Returns:
+        An :class:`AttackReport`.
+
+    Raises:
+        UsageError: bad ε, an attack whose norm differs from ``norm``, or an empty ``eps_list``.
+    """
+    norm = Norm.parse(norm)
+    x, y = check_inputs(x, y)
+    if isinstance(eps_list, (int, float)) or not len(eps_list):
+        raise UsageError(f"Expected a non-empty list of ε but got {eps_list!r}")
+    eps_sorted = sorted(float(check_eps(e, 1, device=torch.device("cpu"), dtype=torch.float64)[0]) for e in eps_list)
+    chosen = list(attacks) if attacks is not None else default_attacks(norm, seed=seed)
+    for a in chosen:
+        if not isinstance(a, Attack):
+            raise UsageError(f"Expected Attack instances but got {a!r}")
+        if a.norm is not norm:
+            raise UsageError(f"Expected attacks for the {norm.value} norm but got {a!r}")
+    report = progress or NullProgress()
+    start = time.perf_counter()
+    n = x.shape[0]
+    gen = torch.Generator(device=x.device)
+    gen.manual_seed(seed)
+    flags: list[Flag] = []
+    results: list[EpsResult] = []
+    total = len(eps_sorted) * len(chosen) + (1 if large_eps_check else 0)
+    done = 0
+    with eval_mode(model):
+        with torch.no_grad():
+            clean = CountingModel(model)(x) if n else torch.zeros(0, 2)
+        flags += check_output_range(clean)
+        flags += check_randomness(model, x)
+        flags += check_gradients(model, x, y)
+        correct = clean.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
+        prev_attacked = ~correct
+        prev_adv = x.clone()
+        this_eps_acc: list[float] = []
+        for eps in eps_sorted:
+            attacked = ~correct
+            x_adv = x.clone()
+            stats: list[AttackStats] = []
+            for attack in chosen:
+                idx = (~attacked).nonzero().flatten()
+                counts = {"forward_passes": 0, "backward_passes": 0, "forward_samples": 0, "backward_samples": 0}
+                seconds = 0.0
+                new = 0
+                if idx.numel():
+                    cand, hit, counts, seconds = _run_attack(attack, model, x[idx], y[idx], eps)
+                    x_adv[idx[hit]] = cand[hit]
+                    attacked[idx[hit]] = True
+                    new = int(hit.sum())
+                stats.append(
+                    AttackStats(
+                        attack.name, eps, int(idx.numel()), new, 1.0 - float(attacked.float().mean()) if n else 0.0,
+                        **counts, wall_time_s=seconds,
+                    )
+                )
+                done += 1
+                report("attacks", done, total)
+            noise_hits = 0
+            if noise_samples > 0 and n:
+                idx = correct.nonzero().flatten()
+                noisy, hit = noise_attack(model, x[idx], y[idx], norm, eps, noise_samples, gen)
+                noise_only = hit & ~attacked[idx]
+                noise_hits = int(hit.sum())
+                flags += check_noise_baseline(eps, int(noise_only.sum()), n)
+                x_adv[idx[noise_only]] = noisy[noise_only]
+                attacked[idx[noise_only]] = True
+            this_eps_acc.append(1.0 - float(attacked.float().mean()) if n else 0.0)
+            carried = prev_attacked & ~attacked
+            x_adv = torch.where(_view(carried, x), prev_adv, x_adv)
+            attacked = attacked | prev_attacked
+            results.append(
+                EpsResult(
+                    eps=eps,
+                    robust_accuracy=1.0 - float(attacked.float().mean()) if n else 0.0,
+                    robust_accuracy_this_eps=this_eps_acc[-1],
+                    attacked=tuple(bool(a) for a in attacked.tolist()),
+                    per_attack=tuple(stats),
+                    noise_attacked=noise_hits,
+                    x_adv=x_adv,
+                )
+            )
+            prev_attacked, prev_adv = attacked, x_adv
+        flags += check_monotone(eps_sorted, this_eps_acc)
+        if large_eps_check and chosen and bool(correct.any()):
+            big = box_covering_eps(norm, x[0].numel())
+            idx = correct.nonzero().flatten()
+            _, hit, _, _ = _run_attack(chosen[0], model, x[idx], y[idx], big)
+            flags += check_large_eps(float((~hit).float().mean()), big, int(clean.argmax(1).unique().numel()))
+            report("attacks", total, total)
+    return AttackReport(
+        norm=norm,
+        n=n,
+        clean_accuracy=float(correct.float().mean()) if n else 0.0,
+        clean_correct=tuple(bool(c) for c in correct.tolist()),
+        results=tuple(results),
+        flags=tuple(flags),
+        attacks=tuple(a.name for a in chosen),
+        wall_time_s=time.perf_counter() - start,
+    )
