@@ -30,6 +30,7 @@ from lipaudit.types import Method, Norm
 __all__ = ["AuditConfig", "default_methods", "run_audit"]
 
 LIPSCHITZ = "Lipschitz"
+ENSEMBLE = "attack ensemble"
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class _State:
     lipschitz: dict[str, Any] = field(default_factory=dict)
     prediction: Tensor | None = None
     radius_lipschitz: Tensor | None = None
-    attacked: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # eps key -> attack name -> bool (N,)
+    robust_by_attack: dict[str, dict[str, float]] = field(default_factory=dict)  # eps key -> attack -> accuracy
     worst_attacked: dict[str, Tensor] = field(default_factory=dict)  # eps key -> bool (N,)
     radius_attack: Tensor | None = None
     certified: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # eps key -> method -> bool (N,)
@@ -232,19 +233,45 @@ def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st
     from lipaudit.attacks import evaluate_attacks, minimal_adversarial_radius
 
     with stages.stage("attacks"):
-        report = evaluate_attacks(model, x, y, config.norm, list(config.eps), progress=progress)
-        for eps in config.eps:
-            key = eps_key(eps)
-            st.attacked[key] = {name: t.detach().cpu() for name, t in report.attacked_by(eps).items()}
-            st.worst_attacked[key] = report.attacked_at(eps).detach().cpu()
+        report = evaluate_attacks(model, x, y, config.norm, list(config.eps), seed=config.seed, progress=progress)
+        for res in report.results:
+            key = eps_key(res.eps)
+            st.worst_attacked[key] = torch.tensor(res.attacked, dtype=torch.bool)
+            st.robust_by_attack[key] = {s.name: float(s.robust_accuracy_after) for s in res.per_attack}
         st.flags.extend(FlagRecord(code=f.code, severity=f.severity, message=f.message, stage="attacks")
                         for f in report.flags)
-        st.attack_info = report.summary()
-        st.examples = report.examples(max_count=config.max_examples)
+        summary = report.to_dict()
+        for row in summary["results"]:
+            row.pop("attacked", None)
+        st.attack_info = {"names": list(report.attacks), **summary}
+        st.examples = _examples(model, x, y, report.results, config.max_examples)
     if config.attack_radius:
         with stages.stage("attack radius"):
-            radius = minimal_adversarial_radius(model, x, y, config.norm, progress=progress)
-            st.radius_attack = radius.radius.detach().cpu()
+            radius = minimal_adversarial_radius(model, x, y, config.norm, seed=config.seed, progress=progress)
+            st.radius_attack = torch.tensor(radius.radius, dtype=torch.float64)
+            st.attack_info["radius"] = {k: v for k, v in radius.to_dict().items() if k not in ("radius", "source")}
+
+
+def _examples(model: nn.Module, x: Tensor, y: Tensor, results: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` adversarial examples, each at the smallest ε where the sample was broken."""
+    out: list[dict[str, Any]] = []
+    with torch.no_grad():
+        clean_pred = model(x).argmax(1)
+    seen: set[int] = set()
+    for res in results:
+        for i, hit in enumerate(res.attacked):
+            if len(out) >= limit:
+                return out
+            if not hit or i in seen or int(clean_pred[i]) != int(y[i]):
+                continue
+            seen.add(i)
+            adv = res.x_adv[i:i + 1]
+            with torch.no_grad():
+                adv_pred = int(model(adv).argmax(1))
+            out.append({"index": i, "eps": float(res.eps), "label": int(y[i]), "adv_prediction": adv_pred,
+                        "clean": x[i].detach().cpu().round(decimals=4).tolist(),
+                        "adv": adv[0].detach().cpu().round(decimals=4).tolist()})
+    return out
 
 
 def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, correct: Tensor, st: _State,
@@ -263,9 +290,14 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
                 flags = torch.zeros(st.n, dtype=torch.bool)
                 if idx.numel():
                     res = certify(model, x[idx], y[idx], config.norm, eps, method, options=options)
-                    flags[idx] = res.certified_mask().cpu()
-                    st.cert_info["outcomes"].append({"method": str(method), "eps": eps, **res.status_counts(),
-                                                     "fallbacks": list(res.fallbacks)})
+                    flags[idx] = res.certified.cpu()
+                    counts = {k.replace("-", "_"): res.status.count(k)
+                              for k in ("certified", "not-certified", "error", "timeout")}
+                    errors = sorted({m for m in res.message if m})
+                    st.cert_info["outcomes"].append({"method": str(method), "eps": eps, **counts,
+                                                     "fallbacks": list(res.fallbacks), "messages": errors[:3],
+                                                     "methods_used": sorted({m for m in res.method_used if m}),
+                                                     "time_s": res.time_s})
                 st.certified.setdefault(key, {})[str(method)] = flags
             done += 1
             progress("certify", done, total)
@@ -274,14 +306,16 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
         with stages.stage("certified radius"):
             lower = st.radius_lipschitz[idx] if st.radius_lipschitz is not None else None
             upper = st.radius_attack[idx] if st.radius_attack is not None else None
-            res = certified_radius(model, x[idx], y[idx], config.norm, method, lower=lower, upper=upper,
-                                   tol=config.radius_tol, options=options, progress=progress)
-            radius = torch.full((st.n,), math.nan)
-            radius[idx] = res.radius.detach().cpu().to(radius.dtype)
+            rres = certified_radius(model, x[idx], y[idx], config.norm, method, lower=lower, upper=upper,
+                                    tol=config.radius_tol, options=options, progress=progress)
+            radius = torch.full((st.n,), math.nan, dtype=torch.float64)
+            radius[idx] = torch.tensor([math.nan if r is None else r for r in rres.radius], dtype=torch.float64)
             radius[~correct.cpu()] = 0.0
             st.radius_certified[str(method)] = radius
-            st.cert_info["radius"] = {"method": str(method), "bound_computations": res.total_computations(),
-                                      "tol": config.radius_tol}
+            st.cert_info["radius"] = {"method": str(method), "bound_computations": sum(rres.computations),
+                                      "per_sample_mean": sum(rres.computations) / max(1, len(rres.computations)),
+                                      "tol": config.radius_tol, "time_s": rres.time_s,
+                                      "methods_used": sorted({m for m in rres.method_used if m})}
 
 
 def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _State, stages: _Stages,
@@ -304,16 +338,15 @@ def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _
         by_method = {m: [c and b for c, b in zip(correct, _bools(t, n))] for m, t in st.certified.get(key, {}).items()}
         if st.radius_lipschitz is not None:
             by_method[LIPSCHITZ] = [c and r is not None and r > eps for c, r in zip(correct, lip_r)]
-        by_attack = {a: [not c or b for c, b in zip(correct, _bools(t, n))]
-                     for a, t in st.attacked.get(key, {}).items()}
-        certified[key], attacked[key] = by_method, by_attack
         ran_attacks = key in st.worst_attacked
         worst = [not c or b for c, b in zip(correct, _bools(st.worst_attacked.get(key), n))]
+        certified[key] = by_method
+        attacked[key] = {ENSEMBLE: worst} if ran_attacks else {}
         rows.append(AccuracyRow(
             eps=eps,
             clean=sum(correct) / n,
             certified={m: sum(v) / n for m, v in by_method.items()},
-            robust={a: sum(not b for b in v) / n for a, v in by_attack.items()},
+            robust=dict(st.robust_by_attack.get(key, {})),
             worst_case=sum(not b for b in worst) / n if ran_attacks else sum(correct) / n,
         ))
 

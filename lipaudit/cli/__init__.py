@@ -24,8 +24,10 @@ __all__ = ["cli", "main"]
 _COMMANDS: dict[str, str] = {
     "check": "lipaudit.cli.check:check",
     "compare": "lipaudit.cli.compare:compare",
+    "demo": "lipaudit.cli.demo:demo",
     "norms": "lipaudit.cli.norms:norms",
     "report": "lipaudit.cli.report:report",
+    "train": "lipaudit.cli.train:train",
 }
 
 
