@@ -1,0 +1,476 @@
+"""Whole-network Lipschitz bounds composed over the layer graph, per-class-pair margin bounds, and lower bounds.
+
+The upper bound walks the traced graph (:func:`lipaudit.graph.trace`) with one number per node, the Lipschitz
+constant from the input to that node's output in the same ℓp norm on both sides: a layer multiplies it by its own
+constant, a residual ``add`` sums its branches (‖f(x)+g(x) − f(x')−g(x')‖ ≤ (L_f+L_g)‖x−x'‖), reshapes keep it.
+Linear layers use :func:`lipaudit.norms.operator_norm` (the certified upper end for ℓ2). BatchNorm directly after a
+conv/linear layer, and ``Normalize`` directly before one, are folded into it and the exact norm of the folded
+operator is used (never more than the product). Activation constants (sup of |σ'|): ReLU, Tanh, Softplus, Hardtanh
+1; Sigmoid 1/4; LeakyReLU max(1, |slope|); ELU max(1, |α|); GELU :data:`GELU_CONSTANT`. Max pooling: 1 for ℓ∞; each
+input lies in at most m = min(k, ⌊(k−1)d/s⌋+1) windows per axis, so m_h·m_w for ℓ1 and √(m_h·m_w) for ℓ2.
+
+Margins (Tsuzuku, Sato, Sugiyama 2018, arXiv 1802.04034): with logits f = W h(x) + b,
+L(f_i − f_j) ≤ ‖w_i − w_j‖_q · L(h), q the dual exponent; the certified radius of x with label y is
+min_{j≠y} (f_y − f_j)(x) / L_yj.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from lipaudit.errors import UnsupportedLayerError, UsageError
+from lipaudit.graph import LINEAR_FALLBACK, Graph, Node, trace
+from lipaudit.modules import Normalize
+from lipaudit.types import Norm
+
+__all__ = [
+    "ACTIVATION_CONSTANTS",
+    "GELU_CONSTANT",
+    "LipschitzReport",
+    "empirical_lipschitz",
+    "layer_factors",
+    "lipschitz_radius",
+    "lipschitz_report",
+    "margin_lipschitz",
+    "margin_lower",
+    "network_lipschitz",
+]
+
+#: sup |GELU'(x)| = Φ(√2) + √2·φ(√2) = (1 + erf(1))/2 + e^{-1}/√π, attained at x = √2 (GELU'' = φ(x)(2 − x²)).
+GELU_CONSTANT = (1.0 + math.erf(1.0)) / 2.0 + math.exp(-1.0) / math.sqrt(math.pi)
+
+
+def _gelu_tanh_constant() -> float:
+    """sup |d/dx GELU_tanh(x)| on a 1e-4 grid over [-8, 8] plus 1e-3 (|GELU''| < 1 bounds the grid error)."""
+    x = torch.arange(-8.0, 8.0, 1e-4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(nn.functional.gelu(x, approximate="tanh").sum(), x)
+    return float(g.abs().max()) + 1e-3
+
+
+_Rule = Callable[[nn.Module, Node, Norm], float]
+
+
+def _maxpool(m: nn.Module, node: Node, norm: Norm) -> float:
+    if norm is Norm.LINF:
+        return 1.0
+    assert isinstance(m, nn.MaxPool2d)  # registry key; not user input
+    per_axis = []
+    for i in range(2):
+        k, s, d = (getattr(m, a) if isinstance(getattr(m, a), int) else getattr(m, a)[i]
+                   for a in ("kernel_size", "stride", "dilation"))
+        per_axis.append(min(k, (k - 1) * d // s + 1))
+    windows = per_axis[0] * per_axis[1]
+    return float(windows) if norm is Norm.L1 else math.sqrt(windows)
+
+
+#: Lipschitz constant of each non-linear layer type, for a given norm (the same on input and output side).
+ACTIVATION_CONSTANTS: Mapping[type[nn.Module], _Rule] = {
+    nn.ReLU: lambda m, n, p: 1.0,
+    nn.Tanh: lambda m, n, p: 1.0,
+    nn.Softplus: lambda m, n, p: 1.0,
+    nn.Hardtanh: lambda m, n, p: 1.0,
+    nn.Sigmoid: lambda m, n, p: 0.25,
+    nn.LeakyReLU: lambda m, n, p: max(1.0, abs(float(cast(nn.LeakyReLU, m).negative_slope))),
+    nn.ELU: lambda m, n, p: max(1.0, abs(float(cast(nn.ELU, m).alpha))),
+    nn.GELU: lambda m, n, p: GELU_CONSTANT if cast(nn.GELU, m).approximate == "none" else _gelu_tanh_constant(),
+    nn.MaxPool2d: _maxpool,
+}
+
+
+def _linear_types() -> tuple[type[nn.Module], ...]:
+    try:
+        from lipaudit.norms import SUPPORTED_LINEAR  # type: ignore[attr-defined]
+    except ImportError:
+        return LINEAR_FALLBACK
+    return tuple(SUPPORTED_LINEAR)
+
+
+def _operator_norm(module: nn.Module, input_shape: tuple[int, ...], norm: Norm) -> float:
+    try:
+        from lipaudit.norms import operator_norm  # type: ignore[attr-defined]
+    except ImportError:
+        operator_norm = _dense_operator_norm
+    return float(operator_norm(module, input_shape, norm))
+
+
+def _dense_operator_norm(module: nn.Module, input_shape: tuple[int, ...], norm: Norm) -> float:
+    """Exact norm from the unrolled matrix; only used while :mod:`lipaudit.norms` lacks ``operator_norm``."""
+    if isinstance(module, (nn.Flatten, nn.Identity, nn.Dropout)):
+        return 1.0
+    with torch.no_grad():
+        ref = next(iter(module.parameters()), torch.zeros(()))
+        x = torch.eye(math.prod(input_shape), dtype=ref.dtype, device=ref.device).reshape(-1, *input_shape)
+        m = (module(x) - module(torch.zeros_like(x[:1]))).reshape(x.shape[0], -1).T.double()
+    if norm is Norm.L1:
+        return float(m.abs().sum(0).max())
+    if norm is Norm.LINF:
+        return float(m.abs().sum(1).max())
+    return float(torch.linalg.matrix_norm(m, ord=2)) * (1 + 1e-9)
+
+
+def _activation_rule(module: nn.Module) -> _Rule | None:
+    for cls in type(module).__mro__:
+        if cls in ACTIVATION_CONSTANTS:
+            return ACTIVATION_CONSTANTS[cls]
+    return None
+
+
+def _factor(node: Node, norm: Norm) -> float:
+    module = node.module
+    assert module is not None  # only called for nodes carrying a module
+    rule = _activation_rule(module)
+    if rule is not None:
+        return rule(module, node, norm)
+    if isinstance(module, _linear_types()):
+        return _operator_norm(module, node.input_shape, norm)
+    raise UnsupportedLayerError(
+        f"Unsupported layer {node.name!r} of type {type(module).__name__} for Lipschitz bounds. Supported: "
+        f"{', '.join(sorted({t.__name__ for t in (*_linear_types(), *ACTIVATION_CONSTANTS)}))}")
+
+
+# ---- folding BatchNorm / Normalize into the neighbouring conv or linear layer --------------------------------------
+
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_BN_AFTER: Mapping[type[nn.Module], type[nn.Module]] = {
+    nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Linear: nn.BatchNorm1d,
+}
+
+
+def _sole_consumer(graph: Graph, name: str) -> Node | None:
+    users = [n for n in graph.nodes if name in n.inputs]
+    return users[0] if len(users) == 1 and users[0].inputs.count(name) == 1 else None
+
+
+def _folded(graph: Graph, node: Node) -> tuple[nn.Module, list[Node]] | None:
+    """The conv/linear ``node`` with an adjacent Normalize before and BatchNorm after folded in, and those nodes."""
+    layer = node.module
+    if not isinstance(layer, _FOLDABLE) or getattr(layer, "groups", 1) != 1:
+        return None
+    weight = layer.weight.detach().clone()
+    absorbed: list[Node] = []
+    src = graph.node(node.inputs[0])
+    via_flatten = src.kind == "flatten" and _sole_consumer(graph, src.name) is not None
+    pre = graph.node(src.inputs[0]) if via_flatten else src
+    if isinstance(pre.module, Normalize) and _sole_consumer(graph, pre.name) is not None and (
+            not via_flatten or _sole_consumer(graph, pre.name) == src):
+        inv = 1.0 / pre.module.std.to(weight)
+        if isinstance(layer, nn.Linear):
+            per_pixel = math.prod(pre.output_shape[1:]) if len(pre.output_shape) > 1 else 1
+            scale = inv.repeat_interleave(per_pixel)
+            if scale.numel() == weight.shape[1]:
+                weight = weight * scale[None, :]
+                absorbed.append(pre)
+        elif inv.numel() == weight.shape[1]:
+            weight = weight * inv.view(1, -1, *([1] * (weight.dim() - 2)))
+            absorbed.append(pre)
+    post = _sole_consumer(graph, node.name)
+    bn_type = _BN_AFTER.get(type(layer))
+    if post is not None and post.kind == "module" and bn_type is not None and type(post.module) is bn_type:
+        bn_scale = _bn_scale(post.module)
+        if bn_scale is not None:
+            weight = weight * bn_scale.to(weight).view(-1, *([1] * (weight.dim() - 1)))
+            absorbed.append(post)
+    if not absorbed:
+        return None
+    folded = _clone_without_bias(layer)
+    with torch.no_grad():
+        cast(torch.Tensor, folded.weight).copy_(weight)
+    return folded, absorbed
+
+
+def _bn_scale(bn: nn.Module | None) -> torch.Tensor | None:
+    """γ/√(running_var + ε) of an eval-mode BatchNorm (None without running statistics)."""
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None:
+        return None
+    var = bn.running_var.detach()
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
+    return gamma / torch.sqrt(var + bn.eps)
+
+
+def _clone_without_bias(layer: nn.Module) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(layer.in_features, layer.out_features, bias=False).to(layer.weight)
+    assert isinstance(layer, (nn.Conv1d, nn.Conv2d))
+    cls = type(layer)
+    return cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,  # type: ignore[arg-type]
+               layer.padding, layer.dilation, layer.groups, bias=False,  # type: ignore[arg-type]
+               padding_mode=layer.padding_mode).to(layer.weight)
+
+
+@dataclass(frozen=True)
+class _Factor:
+    name: str
+    kind: str
+    value: float
+    how: str
+
+
+def layer_factors(graph: Graph, norm: Norm, *, fold: bool = True) -> list[_Factor]:
+    """The per-node Lipschitz factors of ``graph.modules()``; nodes folded into a neighbour get 1.
+
+    A fold is kept only when the folded operator's norm is at most the product of the separate norms.
+    """
+    factors: dict[str, _Factor] = {}
+    for node in graph.modules():
+        if node.name in factors:
+            continue
+        value = _factor(node, norm)
+        how = "activation" if _activation_rule(node.module) is not None else "operator-norm"  # type: ignore[arg-type]
+        folded = _folded(graph, node) if fold else None
+        if folded is not None:
+            module, absorbed = folded
+            fold_value = _operator_norm(module, node.input_shape, norm)  # folding keeps the layer's input shape
+            if fold_value <= value * math.prod(_factor(a, norm) for a in absorbed):
+                value, how = fold_value, "folded with " + "+".join(a.name for a in absorbed)
+                for a in absorbed:
+                    factors[a.name] = _Factor(a.name, a.kind, 1.0, f"folded into {node.name}")
+        factors[node.name] = _Factor(node.name, node.kind, value, how)
+    return [factors[n.name] for n in graph.modules()]
+
+
+def _compose(graph: Graph, factors: Mapping[str, float]) -> dict[str, float]:
+    bound: dict[str, float] = {}
+    for node in graph.nodes:
+        if node.kind == "input":
+            bound[node.name] = 1.0
+        elif node.kind == "add":
+            bound[node.name] = sum(bound[i] for i in node.inputs)
+        elif node.kind in ("flatten", "output"):
+            bound[node.name] = bound[node.inputs[0]]
+        elif node.module is not None:
+            bound[node.name] = factors[node.name] * bound[node.inputs[0]]
+        else:
+            raise UnsupportedLayerError(f"Unsupported graph node {node.name!r} of kind {node.kind!r}")
+    return bound
+
+
+def _bounds(model: nn.Module, input_shape: Any, norm: Norm, fold: bool) -> tuple[Graph, dict[str, float]]:
+    graph = trace(model, input_shape)
+    factors = {f.name: f.value for f in layer_factors(graph, norm, fold=fold)}
+    return graph, _compose(graph, factors)
+
+
+def network_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | float) -> float:
+    """A sound upper bound on the ℓp→ℓp Lipschitz constant of ``model`` composed over its graph (with folding).
+
+    Example:
+        >>> lin = nn.Linear(2, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.copy_(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
+        >>> network_lipschitz(nn.Sequential(lin, nn.ReLU()), (2,), "inf")
+        3.5
+    """
+    norm = Norm.parse(norm)
+    graph, bound = _bounds(model, input_shape, norm, fold=True)
+    return bound[graph.nodes[-1].name]
+
+
+def _head(graph: Graph) -> tuple[torch.Tensor, str] | None:
+    """Rows of the final affine map (Linear, optionally followed by BatchNorm1d) and the node feeding it."""
+    last = graph.node(graph.nodes[-1].inputs[0])
+    scale = _bn_scale(last.module) if isinstance(last.module, nn.BatchNorm1d) else None
+    if scale is not None:
+        last = graph.node(last.inputs[0])
+    if not isinstance(last.module, nn.Linear) or _sole_consumer(graph, last.name) is None:
+        return None
+    w = last.module.weight.detach()
+    return (w if scale is None else w * scale.to(w)[:, None]), last.inputs[0]
+
+
+def margin_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | float) -> torch.Tensor:
+    """(K, K) upper bounds L_ij on the Lipschitz constant of f_i − f_j (ℓp input norm); zero diagonal.
+
+    L_ij = min(‖w_i − w_j‖_q · L(h), ‖e_i − e_j‖_q · L(f)) with w the rows of the final linear layer, h the
+    network before it, q the dual exponent.
+    """
+    norm = Norm.parse(norm)
+    graph, full = _bounds(model, input_shape, norm, fold=True)
+    out = graph.nodes[-1]
+    k = math.prod(out.output_shape)
+    q = norm.dual.p
+    generic = torch.full((k, k), (2.0 ** (1.0 / q) if q != math.inf else 1.0) * full[out.name], dtype=torch.float64)
+    head = _head(graph)
+    if head is not None:
+        w, feed = head
+        # bound of h: compose without folding into the head (its rows are used raw)
+        h_graph = Graph(tuple(n for n in graph.nodes if graph.nodes.index(n) <= graph.nodes.index(graph.node(feed))))
+        factors = {f.name: f.value for f in layer_factors(h_graph, norm)}
+        l_h = _compose(h_graph, factors)[feed]
+        w64 = w.double().cpu()
+        diffs = torch.linalg.vector_norm(w64[:, None, :] - w64[None, :, :], ord=q, dim=-1)
+        generic = torch.minimum(generic, diffs * l_h)
+    generic.fill_diagonal_(0.0)
+    return generic
+
+
+def _margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N, K) margins f_y − f_j (0 on j = y)."""
+    return logits.gather(1, y[:, None]) - logits
+
+
+def lipschitz_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm | str | float, *,
+                     margin_bounds: torch.Tensor | None = None) -> torch.Tensor:
+    """Certified ℓp radii min_{j≠y} (f_y − f_j)(x) / L_yj; 0 where misclassified, inf where no L_yj > 0 binds."""
+    norm = Norm.parse(norm)
+    if x.dim() < 2 or y.shape != (x.shape[0],):
+        raise UsageError(f"Expected x (N, ...) and y (N,) but got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    bounds = margin_lipschitz(model, tuple(x.shape[1:]), norm) if margin_bounds is None else margin_bounds
+    with torch.no_grad():
+        logits = model(x).double()
+    margins = _margins(logits, y.to(logits.device))
+    lyj = bounds.to(logits)[y.to(logits.device)]
+    ratio = torch.where(lyj > 0, margins / lyj, torch.where(margins > 0, math.inf, 0.0))
+    ratio.scatter_(1, y[:, None].to(logits.device), math.inf)
+    radius = ratio.min(dim=1).values
+    correct = logits.argmax(1) == y.to(logits.device)
+    return torch.where(correct, radius.clamp_min(0.0), torch.zeros_like(radius))
+
+
+# ---- lower bounds ---------------------------------------------------------------------------------------------------
+
+def _input_grads(model: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    """Jacobians (N, K, d) of the logits with respect to the inputs (one backward pass per class)."""
+    xg = x.detach().clone().requires_grad_(True)
+    logits = model(xg)
+    rows = []
+    for i in range(k):
+        (g,) = torch.autograd.grad(logits[:, i].sum(), xg, retain_graph=i < k - 1)
+        rows.append(g.reshape(x.shape[0], -1))
+    return torch.stack(rows, dim=1).double()
+
+
+def _jacobian_norm(jac: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """‖J‖_{p→p} for each (K, d) Jacobian in the batch."""
+    if norm is Norm.LINF:
+        return jac.abs().sum(2).amax(1)
+    if norm is Norm.L1:
+        return jac.abs().sum(1).amax(1)
+    return torch.linalg.matrix_norm(jac, ord=2)
+
+
+def _steepest(g: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """A unit-ℓp direction v maximising ⟨g, v⟩ (rows of g flattened)."""
+    if norm is Norm.LINF:
+        return torch.sign(g)
+    if norm is Norm.L2:
+        return g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    v = torch.zeros_like(g)
+    idx = g.abs().argmax(1, keepdim=True)
+    return v.scatter_(1, idx, g.gather(1, idx).sign())
+
+
+def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.dim() < 2 or x.shape[0] == 0 or y.shape != (x.shape[0],):
+        raise UsageError(f"Expected x (N, ...) with N ≥ 1 and y (N,) but got {tuple(x.shape)}, {tuple(y.shape)}")
+
+
+def _lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, *, steps: float = 1e-3,
+                  directions: int = 4) -> tuple[float, float]:
+    """(lower bound on L(f) in ℓp→ℓp, lower bound on max_j L(f_y − f_j)) from gradients and finite differences."""
+    _check_xy(x, y)
+    with torch.no_grad():
+        logits = model(x)
+    k = logits.shape[1]
+    jac = _input_grads(model, x, k)  # (N, K, d)
+    y64 = y.to(jac.device)
+    margin_grads = jac[torch.arange(len(y64)), y64][:, None, :] - jac  # (N, K, d): ∇(f_y − f_j)
+    q = norm.dual.p
+    margin_low = float(torch.linalg.vector_norm(margin_grads, ord=q, dim=2).max())
+    net_low = float(_jacobian_norm(jac, norm).max())
+    # ‖∇(f_i − f_j)‖_q ≤ ‖e_i − e_j‖_q · L(f)
+    net_low = max(net_low, margin_low / (2.0 ** (1.0 / q) if q != math.inf else 1.0))
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    worst_j = torch.linalg.vector_norm(margin_grads, ord=q, dim=2).argmax(1)
+    dirs = [_steepest(margin_grads[torch.arange(n), worst_j].to(x.dtype), norm)]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for _ in range(directions):
+        r = torch.randn(flat.shape, generator=gen, dtype=torch.float64).to(flat)
+        dirs.append(r / torch.linalg.vector_norm(r, ord=norm.p, dim=1, keepdim=True))
+    with torch.no_grad():
+        for v in dirs:
+            delta = steps * v
+            dn = torch.linalg.vector_norm(delta.double(), ord=norm.p, dim=1)
+            f1 = model((flat + delta).reshape_as(x)).double()
+            diff = f1 - logits.double()
+            ok = dn > 0
+            net_low = max(net_low, float((torch.linalg.vector_norm(diff, ord=norm.p, dim=1)[ok] / dn[ok]).max()))
+            md = _margins(f1, y64) - _margins(logits.double(), y64)
+            margin_low = max(margin_low, float((md.abs().amax(1)[ok] / dn[ok]).max()))
+    return net_low, margin_low
+
+
+def empirical_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm | str | float) -> float:
+    """A lower bound on the ℓp→ℓp Lipschitz constant of ``model``: the largest Jacobian norm ‖J(x)‖_{p→p} at the
+    given points, and finite-difference ratios ‖f(x+δ) − f(x)‖_p / ‖δ‖_p along margin-gradient and random
+    directions (‖δ‖_p = 1e-3)."""
+    return _lower_bounds(model, x, y, Norm.parse(norm))[0]
+
+
+def margin_lower(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm | str | float) -> float:
+    """A lower bound on max_j L(f_y − f_j): the largest ‖∇(f_y − f_j)(x)‖_q and finite-difference ratios."""
+    return _lower_bounds(model, x, y, Norm.parse(norm))[1]
+
+
+@dataclass(frozen=True)
+class LipschitzReport:
+    """Upper and lower bounds on the Lipschitz constant of a model in one norm.
+
+    Attributes:
+        norm: the ℓp norm on input and output.
+        upper_product: per-layer norms multiplied along the graph without folding (for a chain, the plain product
+            of layer norms; residual adds sum their branches).
+        upper_graph: the composed bound with BatchNorm/Normalize folding (≤ upper_product).
+        margin_upper: max over class pairs of the margin bound L_ij.
+        empirical_lower: lower bound on L(f) from gradients at the given points (None without points).
+        looseness: upper_graph / empirical_lower (None without points).
+        margin_lower: lower bound on max_{y,j} L(f_y − f_j) at the given points (None without points).
+        margin_looseness: margin_upper / margin_lower (None without points).
+        factors: (name, kind, factor, how) per graph node carrying a module.
+    """
+
+    norm: Norm
+    upper_product: float
+    upper_graph: float
+    margin_upper: float
+    empirical_lower: float | None
+    looseness: float | None
+    margin_lower: float | None = None
+    margin_looseness: float | None = None
+    factors: tuple[tuple[str, str, float, str], ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (norm as ``"1"``, ``"2"`` or ``"inf"``)."""
+        def num(v: float | None) -> float | None:
+            return None if v is None or not math.isfinite(v) else float(v)
+        return {
+            "norm": str(self.norm), "upper_product": num(self.upper_product), "upper_graph": num(self.upper_graph),
+            "margin_upper": num(self.margin_upper), "empirical_lower": num(self.empirical_lower),
+            "looseness": num(self.looseness), "margin_lower": num(self.margin_lower),
+            "margin_looseness": num(self.margin_looseness),
+            "factors": [{"name": a, "kind": b, "value": num(c), "how": d} for a, b, c, d in self.factors],
+        }
+
+
+def lipschitz_report(model: nn.Module, input_shape: Any, norm: Norm | str | float,
+                     x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> LipschitzReport:
+    """Product, graph and margin upper bounds, and (given points ``x``, labels ``y``) lower bounds and ratios."""
+    norm = Norm.parse(norm)
+    graph, product = _bounds(model, input_shape, norm, fold=False)
+    factors = layer_factors(graph, norm, fold=True)
+    upper = _compose(graph, {f.name: f.value for f in factors})[graph.nodes[-1].name]
+    upper_product = product[graph.nodes[-1].name]
+    margin_up = float(margin_lipschitz(model, input_shape, norm).max())
+    lower = m_lower = loose = m_loose = None
+    if x is not None and y is not None:
+        lower, m_lower = _lower_bounds(model, x, y, norm)
+        loose = upper / lower if lower > 0 else None
+        m_loose = margin_up / m_lower if m_lower > 0 else None
+    return LipschitzReport(norm, upper_product, min(upper, upper_product), margin_up, lower, loose, m_lower, m_loose,
+                           tuple((f.name, f.kind, f.value, f.how) for f in factors))
