@@ -23,7 +23,8 @@ def test_soundness_violations_cover_every_method_attack_pair() -> None:
     cert = {"0.1": {"IBP": [True, False], "CROWN": [True, True]}}
     att = {"0.1": {"PGD": [False, True], "APGD": [True, False]}}
     found = {(v["index"], v["method"], v["attack"]) for v in soundness_violations(cert, att)}
-    brute = {(i, m, a) for m, c in cert["0.1"].items() for a, t in att["0.1"].items() for i in range(2) if c[i] and t[i]}
+    brute = {(i, m, a) for m, c in cert["0.1"].items() for a, t in att["0.1"].items()
+             for i in range(2) if c[i] and t[i]}
     assert found == brute == {(0, "IBP", "APGD"), (0, "CROWN", "APGD"), (1, "CROWN", "PGD")}
 
 
