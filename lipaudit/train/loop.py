@@ -1,0 +1,349 @@
+"""The training loop behind ``lipaudit train``: SGD with optional norm decay, weight decay, SVC and adversarial
+training; a per-epoch log of every layer's ℓ1/ℓ2/ℓ∞ operator norms; and the lipaudit checkpoint format.
+
+The log (``TrainResult.to_dict()``, also embedded in the checkpoint under ``"train"``) is what ``lipaudit compare``
+reads: ``epochs[i].layers`` holds :meth:`lipaudit.norms.LayerNorm.to_dict` for every linear layer of the model as
+the audit sees it (Normalize included), with epoch 0 the model before training.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lipaudit._progress import NullProgress, Progress
+from lipaudit.data import Dataset
+from lipaudit.errors import DataError, ShapeError, UnsupportedLayerError, UsageError
+from lipaudit.train.adversarial import AdversarialConfig, adversarial_loss
+from lipaudit.train.regularizers import SVC, NormDecay
+from lipaudit.types import Norm
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "EpochLog",
+    "TrainConfig",
+    "TrainResult",
+    "accuracy",
+    "parse_norm_decay",
+    "parse_svc",
+    "save_checkpoint",
+    "train_model",
+]
+
+CHECKPOINT_FORMAT = "lipaudit-checkpoint"
+LOG_FORMAT = "lipaudit-train-log"
+
+
+def parse_norm_decay(text: str) -> tuple[Norm, float]:
+    """Parse a norm-decay spec ``"l1:1e-3"`` / ``"linf:1e-4"`` into ``(norm, β)``.
+
+    Example:
+        >>> parse_norm_decay("linf:1e-3")
+        (<Norm.LINF: 'inf'>, 0.001)
+    """
+    name, sep, value = str(text).partition(":")
+    try:
+        norm = Norm.parse(name) if sep else None
+    except UsageError:
+        norm = None
+    if norm is None or norm is Norm.L2:
+        raise UsageError(f"Expected a norm-decay spec l1:BETA or linf:BETA but got {text!r}")
+    try:
+        beta = float(value)
+    except ValueError as err:
+        raise UsageError(f"Expected a number as norm-decay β in {text!r} but got {value!r}") from err
+    if not (math.isfinite(beta) and beta >= 0):
+        raise UsageError(f"Expected a finite norm-decay β >= 0 but got {value!r} in {text!r}")
+    return norm, beta
+
+
+def parse_svc(text: str) -> tuple[float, int]:
+    """Parse an SVC spec ``"CLIP"`` or ``"CLIP:EVERY"`` (default every 100 steps) into ``(clip, every)``.
+
+    Example:
+        >>> parse_svc("0.5:10")
+        (0.5, 10)
+    """
+    clip_text, _, every_text = str(text).partition(":")
+    try:
+        clip = float(clip_text)
+        every = int(every_text) if every_text else 100
+    except ValueError as err:
+        raise UsageError(f"Expected an SVC spec CLIP[:EVERY] (e.g. 1.0:100) but got {text!r}") from err
+    if not (math.isfinite(clip) and clip > 0) or every < 1:
+        raise UsageError(f"Expected an SVC clip > 0 and every >= 1 but got {text!r}")
+    return clip, every
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train_model` (SGD with momentum, constant learning rate).
+
+    Attributes:
+        epochs: passes over the training set (≥ 1).
+        lr: learning rate (> 0).
+        momentum: SGD momentum in [0, 1).
+        batch_size: training batch size (≥ 1).
+        seed: seeds the initial state, the shuffling and the attacks' random starts.
+        weight_decay: λ of the weight-decay baseline (SGD's ``weight_decay``; λθ on every parameter), ≥ 0.
+        norm_decay: ``(norm, β)`` for norm decay, or None.
+        norm_decay_momentum: the norm-decay memory factor (the paper: 0.5).
+        svc: ``(clip, every)`` for singular value clipping, or None.
+        adversarial: adversarial training settings, or None for standard training.
+    """
+
+    epochs: int = 1
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 128
+    seed: int = 0
+    weight_decay: float = 0.0
+    norm_decay: tuple[Norm, float] | None = None
+    norm_decay_momentum: float = 0.5
+    svc: tuple[float, int] | None = None
+    adversarial: AdversarialConfig | None = None
+    eval_batch_size: int = field(default=1000, repr=False)
+
+    def __post_init__(self) -> None:
+        for label, value in (("epochs", self.epochs), ("batch_size", self.batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"Expected {label} to be an integer >= 1 but got {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"Expected a learning rate > 0 but got {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            raise UsageError(f"Expected SGD momentum in [0, 1) but got {self.momentum!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"Expected weight decay >= 0 but got {self.weight_decay!r}")
+        if self.norm_decay is not None and (self.norm_decay[0] is Norm.L2 or not self.norm_decay[1] >= 0):
+            raise UsageError(f"Expected norm decay (l1|linf, β >= 0) but got {self.norm_decay!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings."""
+        out = asdict(self)
+        out["norm_decay"] = None if self.norm_decay is None else {
+            "norm": self.norm_decay[0].value, "beta": self.norm_decay[1]}
+        out["svc"] = None if self.svc is None else {"clip": self.svc[0], "every": self.svc[1]}
+        out["adversarial"] = None if self.adversarial is None else self.adversarial.to_dict()
+        del out["eval_batch_size"]
+        return out
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """Metrics after one epoch (epoch 0: before training).
+
+    Attributes:
+        epoch: the epoch number.
+        train_loss: mean training objective over the epoch's batches (None for epoch 0 or a diverged run).
+        train_accuracy: clean accuracy on the training set, model in eval mode.
+        test_accuracy: clean accuracy on the test set (None without one).
+        seconds: wall time of the epoch's training.
+        layers: :meth:`lipaudit.norms.LayerNorm.to_dict` of every linear layer (empty if the norms failed).
+        norms_error: why the layer norms are missing, or None.
+    """
+
+    epoch: int
+    train_loss: float | None
+    train_accuracy: float
+    test_accuracy: float | None
+    seconds: float
+    layers: tuple[dict[str, Any], ...]
+    norms_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        out = asdict(self)
+        out["layers"] = [dict(layer) for layer in self.layers]
+        return out
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of :func:`train_model`: the settings, the data description and one :class:`EpochLog` per epoch."""
+
+    config: TrainConfig
+    data: dict[str, Any]
+    epochs: tuple[EpochLog, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON training log (``format: lipaudit-train-log``, version 1)."""
+        last = self.epochs[-1]
+        return {"format": LOG_FORMAT, "version": 1, "config": self.config.to_dict(), "data": self.data,
+                "final": {"train_accuracy": last.train_accuracy, "test_accuracy": last.test_accuracy},
+                "epochs": [e.to_dict() for e in self.epochs]}
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1000) -> float:
+    """Clean accuracy of ``model`` (run in eval mode, modes restored) on ``(x, y)``."""
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    correct = 0
+    try:
+        with torch.no_grad():
+            for i in range(0, len(y), batch_size):
+                correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+    finally:
+        for m, mode in was:
+            m.train(mode)
+    return correct / max(len(y), 1)
+
+
+def _layer_log(model: nn.Module, input_shape: Sequence[int]) -> tuple[tuple[dict[str, Any], ...], str | None]:
+    from lipaudit.norms import layer_norms
+
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return tuple(n.to_dict() for n in layer_norms(model, input_shape)), None
+    except UnsupportedLayerError as err:
+        return (), str(err)
+    finally:
+        for m, mode in was:
+            m.train(mode)
+
+
+def _check_data(model: nn.Module, data: Dataset) -> None:
+    classes = torch.unique(data.y)
+    if len(classes) < 2:
+        raise DataError(f"Expected training data with at least 2 classes but got classes {classes.tolist()!r}")
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        try:
+            out = model(data.x[:1])
+        except (RuntimeError, ValueError) as err:
+            raise ShapeError(f"Expected the model to accept inputs of shape {data.input_shape!r}: {err}") from err
+        finally:
+            model.train(was)
+    if out.dim() != 2 or out.shape[1] <= int(data.y.max()):
+        raise ShapeError(f"Expected logits (N, >= {int(data.y.max()) + 1}) for {data.name!r} but got "
+                         f"{tuple(out.shape)!r}")
+
+
+def train_model(
+    model: nn.Module,
+    train: Dataset,
+    config: TrainConfig,
+    *,
+    test: Dataset | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``train`` and log clean accuracy and every layer's norms per epoch.
+
+    Each step: the objective (cross-entropy, or the adversarial objective), ``backward``, norm decay (adds
+    ``β·G`` to the gradients), ``optimizer.step()`` (with the weight-decay baseline inside SGD), then SVC every
+    ``k`` steps.
+
+    Args:
+        model: the network as the audit sees it (Normalize included); its device is used.
+        train: the training set (at least 2 classes).
+        config: the settings.
+        test: an optional test set for the per-epoch clean test accuracy.
+        progress: receives ``("train", batch, total batches)`` and ``("evaluate", epoch, epochs)``.
+
+    Raises:
+        DataError: training data with fewer than 2 classes.
+        ShapeError: a model that rejects the data's shape or has too few outputs.
+    """
+    report = progress if progress is not None else NullProgress()
+    _check_data(model, train)
+    torch.manual_seed(config.seed)
+    device = next(model.parameters()).device
+    input_shape = train.input_shape
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+    decay = None
+    if config.norm_decay is not None and config.norm_decay[1] > 0:
+        decay = NormDecay(model, config.norm_decay[0], config.norm_decay[1], momentum=config.norm_decay_momentum,
+                          input_shape=input_shape)
+    svc = SVC(model, config.svc[0], every=config.svc[1], input_shape=input_shape) if config.svc else None
+    gen = torch.Generator()
+    gen.manual_seed(config.seed)
+    x_train, y_train = train.x.to(device), train.y.to(device)
+    x_test = test.x.to(device) if test is not None else None
+    y_test = test.y.to(device) if test is not None else None
+
+    def snapshot(epoch: int, loss: float | None, seconds: float) -> EpochLog:
+        layers, error = _layer_log(model, input_shape)
+        test_acc = None
+        if x_test is not None and y_test is not None:
+            test_acc = accuracy(model, x_test, y_test, batch_size=config.eval_batch_size)
+        train_acc = accuracy(model, x_train, y_train, batch_size=config.eval_batch_size)
+        report("evaluate", epoch, config.epochs)
+        return EpochLog(epoch, loss, train_acc, test_acc, seconds, layers, error)
+
+    logs = [snapshot(0, None, 0.0)]
+    n = len(train)
+    batches = math.ceil(n / config.batch_size)
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=gen).to(device)
+        total = 0.0
+        for b in range(batches):
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            x, y = x_train[idx], y_train[idx]
+            if config.adversarial is not None:
+                loss = adversarial_loss(model, x, y, config.adversarial, seed=config.seed * 1_000_003 + step)
+            else:
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if decay is not None:
+                decay.step()
+            opt.step()
+            if svc is not None:
+                svc.step()
+            total += float(loss.detach()) * len(y)
+            step += 1
+            report("train", step, batches * config.epochs)
+        model.eval()
+        mean_loss = total / n if math.isfinite(total) else None  # a diverged run is logged, not hidden
+        logs.append(snapshot(epoch, mean_loss, time.perf_counter() - start))
+    model.eval()
+    return TrainResult(config, train.to_dict(), tuple(logs))
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    arch: str,
+    arch_kwargs: dict[str, Any] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    input_shape: Sequence[int],
+    train: dict[str, Any] | None = None,
+) -> None:
+    """Write a lipaudit checkpoint (readable with ``torch.load(weights_only=True)`` and by ``load_model``).
+
+    Args:
+        path: the file to write (atomically: a temporary file is renamed over it).
+        model: the network *without* the Normalize layer (``load_model`` prepends it from ``mean``/``std``).
+        arch: ``module:factory`` that builds ``model`` (``load_model`` trusts it only inside ``lipaudit.zoo``).
+        arch_kwargs: the factory's keyword arguments (JSON-able).
+        mean: per-channel normalisation mean, or None.
+        std: per-channel normalisation std, or None.
+        input_shape: ``(C, H, W)``.
+        train: the training log / settings (JSON-able).
+    """
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "version": 1, "state_dict": state, "arch": arch,
+               "arch_kwargs": dict(arch_kwargs or {}), "mean": None if mean is None else [float(m) for m in mean],
+               "std": None if std is None else [float(s) for s in std], "input_shape": [int(d) for d in input_shape],
+               "train": train or {}}
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, target)

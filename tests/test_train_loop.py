@@ -1,0 +1,164 @@
+"""The training loop, the checkpoint round trip through load_model, and ``lipaudit train`` on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lipaudit.cli import main
+from lipaudit.data import Dataset, load_data
+from lipaudit.errors import DataError, UsageError
+from lipaudit.load import load_model
+from lipaudit.modules import Normalize
+from lipaudit.train.adversarial import AdversarialConfig
+from lipaudit.train.loop import TrainConfig, parse_norm_decay, parse_svc, save_checkpoint, train_model
+from lipaudit.train.regularizers import norm_argmax_block
+from lipaudit.types import Norm
+from lipaudit.zoo import tiny_cnn
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Dataset, Dataset]:
+    return load_data("digits", n=120, split="train"), load_data("digits", n=60, split="test")
+
+
+def test_parse_norm_decay_and_svc() -> None:
+    assert parse_norm_decay("l1:1e-3") == (Norm.L1, 1e-3)
+    assert parse_norm_decay("inf:0") == (Norm.LINF, 0.0)
+    assert parse_svc("1.5") == (1.5, 100)
+    assert parse_svc("0.5:7") == (0.5, 7)
+    for bad in ("l2:1e-3", "l3:1e-3", "l1", "l1:x", "l1:-1e-3", "foo", "linf:nan"):
+        with pytest.raises(UsageError, match="but got"):
+            parse_norm_decay(bad)
+    for bad in ("0", "-1", "x", "1:0", "1:x"):
+        with pytest.raises(UsageError, match="but got"):
+            parse_svc(bad)
+
+
+def test_round_trip_through_load_model(tmp_path: Path, digits: tuple[Dataset, Dataset]) -> None:
+    train, test = digits
+    torch.manual_seed(0)
+    net = tiny_cnn(1, 8, 10)
+    model = nn.Sequential(Normalize([0.3], [0.4]), net)
+    config = TrainConfig(epochs=1, batch_size=32, norm_decay=(Norm.LINF, 1e-3), svc=(2.0, 2))
+    result = train_model(model, train, config, test=test)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, net, arch="lipaudit.zoo:tiny_cnn", arch_kwargs={"in_channels": 1, "input_size": 8},
+                    mean=[0.3], std=[0.4], input_shape=train.input_shape, train=result.to_dict())
+    loaded = load_model(path)
+    assert loaded.mean == (0.3,) and loaded.std == (0.4,)
+    with torch.no_grad():
+        assert torch.allclose(loaded.module(test.x), model(test.x), atol=1e-6)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "lipaudit-checkpoint" and raw["version"] == 1 and raw["input_shape"] == [1, 8, 8]
+    json.dumps(raw["train"], allow_nan=False)
+    log = result.to_dict()
+    assert [e["epoch"] for e in log["epochs"]] == [0, 1]
+    assert log["config"]["norm_decay"] == {"norm": "inf", "beta": 1e-3}
+    acc = float((model(test.x).argmax(1) == test.y).float().mean())
+    assert log["epochs"][1]["test_accuracy"] == pytest.approx(acc)
+
+
+def test_log_holds_every_layer_norm(digits: tuple[Dataset, Dataset]) -> None:
+    train, _ = digits
+    model = tiny_cnn(1, 8, 10)
+    result = train_model(model, train, TrainConfig(epochs=1, batch_size=64))
+    for epoch in result.epochs:
+        assert epoch.norms_error is None
+        names = [layer["name"] for layer in epoch.layers]
+        assert {"0", "2", "5"} <= set(names)
+        conv = next(layer for layer in epoch.layers if layer["name"] == "0")
+        if epoch.epoch == 1:
+            assert conv["linf"] == pytest.approx(norm_argmax_block(model[0], (1, 8, 8), "linf")[0], rel=1e-5)
+            assert conv["l1"] == pytest.approx(norm_argmax_block(model[0], (1, 8, 8), "l1")[0], rel=1e-5)
+            assert conv["l2_lower"] <= conv["l2_upper"] + 1e-6
+
+
+def test_same_seed_same_weights_and_decay_is_wired(digits: tuple[Dataset, Dataset]) -> None:
+    train, _ = digits
+
+    def run(config: TrainConfig) -> nn.Sequential:
+        torch.manual_seed(1)
+        model = tiny_cnn(1, 8, 10)
+        train_model(model, train, config)
+        return model
+
+    base = TrainConfig(epochs=1, batch_size=32, lr=0.02, seed=5)
+    a, b = run(base), run(base)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    decayed = run(TrainConfig(epochs=1, batch_size=32, lr=0.02, seed=5, norm_decay=(Norm.L1, 0.5)))
+    for layer, shape in ((0, (1, 8, 8)), (5, (64,))):
+        plain = norm_argmax_block(a[layer], shape, "l1")[0]
+        assert norm_argmax_block(decayed[layer], shape, "l1")[0] < plain
+
+
+def test_adversarial_training_runs_and_logs(digits: tuple[Dataset, Dataset]) -> None:
+    train, _ = digits
+    config = TrainConfig(epochs=1, batch_size=60, adversarial=AdversarialConfig("alp", eps=0.1, steps=2))
+    result = train_model(tiny_cnn(1, 8, 10), train, config)
+    assert result.to_dict()["config"]["adversarial"]["method"] == "alp"
+    assert result.epochs[1].train_loss is not None
+
+
+def test_one_class_data_is_rejected() -> None:
+    data = Dataset(torch.rand(10, 1, 8, 8), torch.zeros(10, dtype=torch.long), "one", 10, "all")
+    with pytest.raises(DataError, match=r"at least 2 classes but got classes \[0\]"):
+        train_model(tiny_cnn(1, 8, 10), data, TrainConfig())
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(info.value.code or 0), out.out, out.err
+
+
+def test_cli_train_then_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, log = tmp_path / "m.pt", tmp_path / "log.json"
+    code, stdout, _ = _cli(["train", "--data", "digits", "--arch", "lipaudit.zoo:tiny_cnn", "--epochs", "1",
+                            "--n-train", "100", "--n-test", "50", "--norm-decay", "l1:1e-3", "--adv", "trades",
+                            "--eps", "0.1", "--adv-steps", "2", "--trades-beta", "1", "--mean", "0.5", "--std",
+                            "0.5", "--no-progress", "-o", str(out), "--log", str(log)], capsys)
+    assert code == 0, stdout
+    assert "saved" in stdout
+    loaded = load_model(out)
+    assert loaded.arch is not None and loaded.arch.startswith("lipaudit.zoo:tiny_cnn") and loaded.mean == (0.5,)
+    written = json.loads(log.read_text())
+    assert written["config"]["adversarial"]["trades_beta"] == 1.0
+    assert written == json.loads(json.dumps(torch.load(out, weights_only=True)["train"]))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--norm-decay", "l3:1e-3"], "norm-decay spec"),
+        (["--norm-decay", "l1:-1e-3"], "β >= 0"),
+        (["--svc", "abc"], "SVC spec"),
+        (["--adv", "pgd", "--eps", "0"], "(0, 1]"),
+        (["--adv", "pgd", "--eps", "1.5"], "(0, 1]"),
+        (["--adv", "fgsm", "--eps", "0.1"], "pgd, trades, alp"),
+        (["--adv", "pgd"], "--eps"),
+        (["--trades-beta", "1", "--adv", "trades", "--eps", "0.1", "--trades-beta", "-1"], "TRADES beta"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                                   message: str) -> None:
+    code, _, err = _cli(["train", "--data", "digits", "--n-train", "20", "-o", str(tmp_path / "m.pt"), *extra],
+                        capsys)
+    assert code != 0
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_rejects_one_class_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    npz = tmp_path / "one.npz"
+    np.savez(npz, x=np.random.default_rng(0).random((12, 1, 8, 8)).astype(np.float32), y=np.zeros(12, np.int64))
+    code, _, err = _cli(["train", "--data", str(npz), "--arch", "lipaudit.zoo:tiny_cnn", "-o",
+                         str(tmp_path / "m.pt")], capsys)
+    assert code != 0 and "at least 2 classes" in err and len(err.strip().splitlines()) == 1, err
