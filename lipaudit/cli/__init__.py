@@ -27,6 +27,7 @@ _COMMANDS: dict[str, str] = {
     "demo": "lipaudit.cli.demo:demo",
     "norms": "lipaudit.cli.norms:norms",
     "report": "lipaudit.cli.report:report",
+    "reproduce": "lipaudit.cli.reproduce:reproduce",
     "train": "lipaudit.cli.train:train",
 }
 
