@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -234,5 +235,5 @@ def test_parse_input_shape(text: str, shape: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("text", ["", "1,,a", "0,28,28", "-1,2", "1.5,2"])
 def test_parse_input_shape_rejects(text: str) -> None:
-    with pytest.raises(UsageError, match=repr(text).replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(UsageError, match=re.escape(repr(text))):
         parse_input_shape(text)
