@@ -101,7 +101,7 @@ def test_checkpoint_with_foreign_arch_needs_explicit_arch(tmp_path: Path, model:
             "train": {}}
     path = tmp_path / "ck.pt"
     torch.save(ckpt, path)
-    with pytest.raises(ModelLoadError, match="outside lipaudit.zoo"):
+    with pytest.raises(ModelLoadError, match=r"outside lipaudit\.zoo"):
         load_model(path)
     same_function(load_model(path, arch=ARCH).module, model, x)  # an explicit arch wins
 
