@@ -13,7 +13,6 @@ float64 to find each point's nearest other-class neighbour, whose distance is th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
