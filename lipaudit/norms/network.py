@@ -1,0 +1,180 @@
+"""Per-layer norms of a whole model and the module-level entry points.
+
+:func:`layer_norms` traces the model (:func:`lipaudit.graph.trace`) and evaluates the rule of every linear layer
+on the input shape that layer sees; :func:`operator_norm` and :func:`l2_bracket` do the same for one module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lipaudit.errors import ShapeError
+from lipaudit.norms.base import SpectralBracket
+from lipaudit.norms.rules import RULES, rule_for
+from lipaudit.types import Norm
+
+__all__ = ["DEFAULT_TOL", "LayerNorm", "l2_bracket", "layer_norm", "layer_norms", "operator_norm"]
+
+#: Target relative width of the ℓ2 bracket.
+DEFAULT_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class LayerNorm:
+    """The operator norms of one linear layer on the input shape it sees in the model.
+
+    Attributes:
+        name: module path (``"features.0"``) or op name.
+        type: the layer's class name.
+        input_shape, output_shape: per-sample shapes (no batch dimension).
+        l1, linf: exact ℓ1 and ℓ∞ operator norms.
+        l2_lower, l2_upper: certified bracket around the ℓ2 operator norm.
+        l1_method, linf_method, l2_method: the computation behind each value (see :class:`~lipaudit.norms.NormValue`
+            and :class:`~lipaudit.norms.SpectralBracket`).
+
+    Example:
+        >>> row = layer_norms(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (1, 2, 2))[1]
+        >>> sorted(row.to_dict())[:4]
+        ['input_shape', 'l1', 'l1_method', 'l2_lower']
+    """
+
+    name: str
+    type: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    l1: float
+    linf: float
+    l2_lower: float
+    l2_upper: float
+    l1_method: str
+    linf_method: str
+    l2_method: str
+
+    @property
+    def l2_relative_width(self) -> float:
+        """``(l2_upper - l2_lower) / l2_upper``."""
+        return SpectralBracket(self.l2_lower, self.l2_upper, self.l2_method).relative_width
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (shapes as lists)."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "l1": float(self.l1),
+            "linf": float(self.linf),
+            "l2_lower": float(self.l2_lower),
+            "l2_upper": float(self.l2_upper),
+            "l1_method": self.l1_method,
+            "linf_method": self.linf_method,
+            "l2_method": self.l2_method,
+        }
+
+
+def _shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError) as err:
+        raise ShapeError(f"Expected a sequence of ints as input shape but got {input_shape!r}") from err
+    if not shape or any(s <= 0 for s in shape):
+        raise ShapeError(f"Expected a non-empty input shape of positive ints but got {input_shape!r}")
+    return shape
+
+
+def operator_norm(module: nn.Module, input_shape: Sequence[int], p: float | Norm, *, dtype: torch.dtype | None = None,
+                  tol: float = DEFAULT_TOL) -> float:
+    """The ℓp operator norm of a linear layer on inputs of ``input_shape`` (no batch dimension).
+
+    ℓ1 and ℓ∞ are exact; for ℓ2 this is the certified *upper* end of :func:`l2_bracket`.
+
+    Args:
+        module: a layer of a type in :data:`~lipaudit.norms.SUPPORTED_LINEAR`.
+        input_shape: the per-sample shape the layer sees.
+        p: 1, 2, ``math.inf`` or a :class:`~lipaudit.types.Norm`.
+        dtype: compute ℓ1/ℓ∞ in this dtype (default: the weight's); ℓ2 always uses float64.
+        tol: target relative width of the ℓ2 bracket.
+
+    Example:
+        >>> conv = nn.Conv2d(1, 1, 3, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = conv.weight.fill_(1.0)
+        >>> operator_norm(conv, (1, 5, 5), 1), operator_norm(conv, (1, 5, 5), "inf")
+        (9.0, 9.0)
+        >>> round(operator_norm(conv, (1, 3, 3), 2), 6)  # one output: a row of nine ones
+        3.0
+    """
+    norm = Norm.parse(p)
+    shape = _shape(input_shape)
+    rule = rule_for(module)
+    exact = rule.exact(module, shape, "", dtype)
+    if norm is Norm.L2:
+        return rule.spectral(module, shape, "", exact, tol).upper
+    return exact[norm].value
+
+
+def l2_bracket(module: nn.Module, input_shape: Sequence[int], *, tol: float = DEFAULT_TOL) -> tuple[float, float]:
+    """A certified interval ``(lower, upper)`` containing the ℓ2 operator norm of ``module``.
+
+    Example:
+        >>> lo, hi = l2_bracket(nn.Linear(3, 3), (3,))
+        >>> 0 < lo <= hi <= lo * 1.001
+        True
+    """
+    shape = _shape(input_shape)
+    rule = rule_for(module)
+    bracket = rule.spectral(module, shape, "", rule.exact(module, shape, "", None), tol)
+    return bracket.lower, bracket.upper
+
+
+def layer_norm(module: nn.Module, input_shape: Sequence[int], *, name: str = "",
+               output_shape: Sequence[int] | None = None, dtype: torch.dtype | None = None,
+               tol: float = DEFAULT_TOL) -> LayerNorm:
+    """All norms of one layer as a :class:`LayerNorm` (``output_shape`` is computed by a forward pass if omitted)."""
+    shape = _shape(input_shape)
+    rule = rule_for(module, name)
+    exact = rule.exact(module, shape, name, dtype)
+    bracket = rule.spectral(module, shape, name, exact, tol)
+    if output_shape is None:
+        ref = next(iter(module.parameters()), None)
+        with torch.no_grad():
+            out = module(torch.zeros(1, *shape, dtype=torch.float32 if ref is None else ref.dtype,
+                                     device=None if ref is None else ref.device))
+        output_shape = tuple(out.shape[1:])
+    return LayerNorm(
+        name=name, type=type(module).__name__, input_shape=shape, output_shape=tuple(int(s) for s in output_shape),
+        l1=exact[Norm.L1].value, linf=exact[Norm.LINF].value, l2_lower=bracket.lower, l2_upper=bracket.upper,
+        l1_method=exact[Norm.L1].method, linf_method=exact[Norm.LINF].method, l2_method=bracket.method,
+    )
+
+
+def layer_norms(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype | None = None,
+                tol: float = DEFAULT_TOL) -> list[LayerNorm]:
+    """:class:`LayerNorm` of every linear layer of ``model`` in graph order (activations are skipped).
+
+    Raises:
+        UnsupportedLayerError: the model has a layer without a rule (from :func:`lipaudit.graph.trace`).
+        ShapeError: the model rejects ``input_shape``.
+
+    Example:
+        >>> from lipaudit.zoo import tiny_cnn
+        >>> [(r.name, r.l1_method) for r in layer_norms(tiny_cnn(input_size=8), (1, 8, 8))][:2]
+        [('0', 'closed-form'), ('2', 'closed-form')]
+    """
+    from lipaudit.graph import trace
+
+    graph = trace(model, input_shape)
+    rows = []
+    for node in graph.modules():
+        if node.module is None or type(node.module) not in RULES:
+            continue  # activations and max pooling: their Lipschitz constants live in lipaudit.lipschitz
+        rows.append(layer_norm(node.module, node.input_shape, name=node.name, output_shape=node.output_shape,
+                               dtype=dtype, tol=tol))
+    return rows
+
+

@@ -1,0 +1,269 @@
+"""Certified brackets ``[lower, upper]`` around the ℓ2 operator norm (largest singular value) of a linear layer.
+
+* **lower** — power iteration on ``MᵀM`` with the layer's own forward pass and its autograd adjoint; the value
+  ``‖Mv‖/‖v‖`` of the final iterate is a lower bound by definition, for any v.
+* **upper** — the smallest of the valid upper bounds available for the layer:
+
+  - ``svd``: the dense matrix of a small layer and its exact largest singular value.
+  - ``fft``: a convolution with zero padding is a *compression* ``S·C·E`` of a circular convolution C on the padded
+    map rounded up to a multiple of the stride (E embeds the input among zeros, an isometry; S keeps the layer's
+    outputs, a contraction; no tap wraps around), so ``‖M‖₂ ≤ ‖C‖₂``. A strided circular convolution is a stride-1
+    circular convolution on the polyphase components (``c_in·stride^d`` channels), block-diagonalised by the DFT
+    (Sedghi, Gupta, Long 2019, arXiv 1805.10408): ``‖C‖₂ = max_ω σ_max(K̂(ω))``. Each ``σ_max(K̂(ω))`` is bounded
+    with Gram iteration (Delattre et al. 2023, arXiv 2305.16173): with ``G₀ = A``, ``G_{t+1} = G_tᴴG_t / r_t²``,
+    ``r_t = ‖G_t‖_F``, one has ``log σ_max(A) ≤ Σ_{j≤t} 2^{-j} log r_j`` for every t, decreasing to ``log σ_max``.
+    For circular padding where the layer keeps every stride-th output, the bound is exact (``fft-exact``).
+  - ``padding-product``: for reflect/replicate padding, ``‖M‖₂ ≤ ‖valid conv‖₂ · ‖Pad‖₂`` where Pad copies pixels
+    (a 0/1 matrix with one 1 per row, ``‖Pad‖₂ = √(max copies of a pixel)``).
+  - ``holder``: ``‖M‖₂ ≤ √(‖M‖₁‖M‖∞)``, always valid.
+
+  Every floating-point upper bound is inflated by a relative 1e-9 so rounding cannot undercut it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from lipaudit.norms.base import SpectralBracket, safe_upper
+from lipaudit.norms.conv import ConvGeometry, _fold, conv_forward, conv_geometry
+
+__all__ = [
+    "conv_fft_upper",
+    "conv_spectral_bracket",
+    "dense_operator",
+    "gram_upper",
+    "padding_norm",
+    "power_lower",
+    "spectral_bracket",
+]
+
+#: Largest dense matrix (entries) for which the exact SVD path is used.
+DENSE_LIMIT = 2**22
+#: Largest number of complex entries of Fourier blocks held at once.
+_CHUNK_ENTRIES = 2**23
+
+LinearMap = Callable[[torch.Tensor], torch.Tensor]
+
+
+def gram_upper(mats: torch.Tensor, *, lower: float = 0.0, tol: float = 1e-6, max_iter: int = 40) -> float:
+    """A certified upper bound on ``max_b σ_max(mats[b])`` by Gram iteration, pruning matrices below ``lower``.
+
+    Args:
+        mats: (..., m, n) real or complex matrices.
+        lower: a known lower bound on the quantity bounded (e.g. from power iteration); matrices whose bound falls
+            below it cannot hold the maximum and are dropped.
+        tol: stop when the bound is within this relative distance of ``max(lower, best lower seen)``.
+        max_iter: Gram steps at most.
+
+    Example:
+        >>> a = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+        >>> abs(gram_upper(a) - 3.0) < 1e-6
+        True
+    """
+    g = mats.reshape(-1, *mats.shape[-2:])
+    if g.shape[-2] < g.shape[-1]:
+        g = g.mH
+    log_bound = torch.zeros(g.shape[0], dtype=torch.float64, device=g.device)
+    best = math.inf
+    for t in range(max_iter + 1):
+        r = torch.linalg.matrix_norm(g).to(torch.float64)
+        log_bound = log_bound + torch.log(r) / 2**t
+        bound = torch.exp(log_bound)
+        keep = bound >= lower
+        if not bool(keep.any()):
+            return safe_upper(float(lower))
+        previous, best = best, float(bound[keep].max())
+        # the excess log(bound/σ) roughly halves per step once the spectrum's tail is squashed, so a step that gains
+        # less than tol/4 leaves about tol/4 on the table
+        converged = math.isfinite(previous) and best > 0 and math.log(previous / best) < tol / 4
+        if best <= max(lower, 0.0) * (1.0 + tol) or best == 0.0 or converged:
+            break
+        g, log_bound, r = g[keep], log_bound[keep], r[keep]
+        g = g / r.clamp_min(torch.finfo(torch.float64).tiny).to(g.dtype)[:, None, None]
+        g = g.mH @ g
+    return safe_upper(max(best, 0.0))
+
+
+def _polyphase_blocks(weight: torch.Tensor, geom: ConvGeometry, groups: int) -> tuple[torch.Tensor, bool] | None:
+    """Fourier blocks (batch, c_out/g, c_in/g·Πs) of an enclosing circular convolution, and whether it is exact."""
+    sizes, placements, exact = [], [], True
+    for a in geom.axes:
+        if geom.mode == "zeros":
+            n_big = -(-(a.n + a.left + a.right) // a.s) * a.s
+            offsets = [i * a.d for i in range(a.k)]
+            exact = False
+        elif geom.mode == "circular" and a.n % a.s == 0 and a.out <= a.n // a.s:
+            n_big = a.n
+            offsets = [i * a.d - a.left for i in range(a.k)]
+            exact = exact and a.out == a.n // a.s
+        else:
+            return None
+        period = n_big // a.s
+        place = torch.zeros(a.s, period, a.k, dtype=weight.dtype, device=weight.device)
+        for i, off in enumerate(offsets):
+            place[off % a.s, (off // a.s) % period, i] += 1.0
+        sizes.append((a.s, period))
+        placements.append(place.reshape(a.s * period, a.k))
+    nd = len(geom.axes)
+    k = _fold(weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:]), placements)
+    split = [d for s, p in sizes for d in (s, p)]
+    k = k.reshape(*k.shape[:3], *split)
+    phase_dims = [3 + 2 * j for j in range(nd)]
+    space_dims = [4 + 2 * j for j in range(nd)]
+    k = k.permute(0, 1, 2, *phase_dims, *space_dims)
+    k = k.reshape(k.shape[0], k.shape[1], -1, *[p for _, p in sizes])
+    spectrum = torch.fft.fftn(k, dim=list(range(3, 3 + nd)))
+    blocks = spectrum.permute(0, *range(3, 3 + nd), 1, 2).reshape(-1, k.shape[1], k.shape[2])
+    return blocks, exact
+
+
+def conv_fft_upper(
+    weight: torch.Tensor, geom: ConvGeometry, groups: int = 1, *, lower: float = 0.0, tol: float = 1e-6
+) -> tuple[float, bool] | None:
+    """Upper bound on ``‖M‖₂`` from the enclosing circular convolution; ``None`` where no such embedding exists.
+
+    Returns ``(bound, exact)``; ``exact`` is True when the layer is the circular convolution itself.
+
+    Example:
+        >>> geom = conv_geometry((3, 3), (8, 8), padding=1, padding_mode="circular")
+        >>> value, exact = conv_fft_upper(torch.ones(1, 1, 3, 3, dtype=torch.float64), geom)
+        >>> round(value, 6), exact
+        (9.0, True)
+    """
+    made = _polyphase_blocks(weight.detach(), geom, groups)
+    if made is None:
+        return None
+    blocks, exact = made
+    per = blocks.shape[1] * blocks.shape[2]
+    chunk = max(1, _CHUNK_ENTRIES // max(per, 1))
+    best = 0.0
+    for start in range(0, blocks.shape[0], chunk):
+        best = max(best, gram_upper(blocks[start : start + chunk], lower=max(lower, best), tol=tol))
+    return best, exact
+
+
+def padding_norm(geom: ConvGeometry) -> float:
+    """``‖Pad‖₂`` of the padding map of ``geom``: √(largest number of padded cells a pixel is copied to)."""
+    total = 1.0
+    for a in geom.axes:
+        counts = [0] * a.n
+        for pos in range(a.n + a.left + a.right):
+            src = a.source(pos, geom.mode)
+            if src is not None:
+                counts[src] += 1
+        total *= math.sqrt(max(counts))
+    return total
+
+
+def dense_operator(apply: LinearMap, in_shape: Sequence[int], *, dtype: torch.dtype, device: torch.device
+                   ) -> torch.Tensor:
+    """The matrix of a linear map given by its action on batches (out_numel × in_numel)."""
+    n = math.prod(in_shape)
+    eye = torch.eye(n, dtype=dtype, device=device).reshape(n, *in_shape)
+    return apply(eye).reshape(n, -1).T
+
+
+def power_lower(
+    apply: LinearMap,
+    in_shape: Sequence[int],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    upper: float = math.inf,
+    tol: float = 1e-3,
+    max_iter: int = 500,
+    init: torch.Tensor | None = None,
+) -> tuple[float, torch.Tensor]:
+    """Power iteration on ``MᵀM``; returns ``‖Mv‖/‖v‖`` of the best iterate (a lower bound on ``‖M‖₂``) and the last
+    iterate (to resume from).
+
+    Stops early once the value is within ``tol`` (relative) of ``upper``.
+    """
+    gen = torch.Generator(device=device).manual_seed(0)
+    v = torch.randn(1, *in_shape, dtype=dtype, device=device, generator=gen) if init is None else init.to(dtype)
+    v = v.reshape(1, *in_shape)
+    best = 0.0
+    for _ in range(max_iter):
+        v = v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(dtype).tiny)
+        x = v.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = apply(x)
+            (w,) = torch.autograd.grad(y, x, grad_outputs=y.detach())
+        best = max(best, float(torch.linalg.vector_norm(y.detach())))
+        if best * (1.0 + tol) >= upper or float(torch.linalg.vector_norm(w)) == 0.0:
+            break
+        v = w.detach()
+    return best, v
+
+
+def spectral_bracket(
+    apply: LinearMap,
+    in_shape: Sequence[int],
+    out_numel: int,
+    candidates: Sequence[tuple[float, str]],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    tol: float = 1e-3,
+    max_iter: int = 500,
+    init: torch.Tensor | None = None,
+) -> SpectralBracket:
+    """Combine upper-bound candidates with the dense SVD (small maps) and a power-iteration lower bound.
+
+    Args:
+        apply: the linear map on batches (no bias).
+        in_shape: per-sample input shape.
+        out_numel: number of outputs per sample.
+        candidates: valid upper bounds already known, with their method names.
+        tol: target relative width; power iteration stops once reached.
+    """
+    uppers = list(candidates)
+    if math.prod(in_shape) * out_numel <= DENSE_LIMIT:
+        mat = dense_operator(apply, in_shape, dtype=torch.float64, device=device)
+        _, s, vh = torch.linalg.svd(mat, full_matrices=False)
+        uppers.append((safe_upper(float(s[0])) if s.numel() else 0.0, "svd"))
+        init = vh[0].reshape(in_shape) if s.numel() else None
+    upper, method = min(uppers, key=lambda c: c[0])
+    lower, _ = power_lower(apply, in_shape, dtype=dtype, device=device, upper=upper, tol=tol, max_iter=max_iter,
+                           init=init)
+    return SpectralBracket(min(lower, upper), max(upper, lower), method)
+
+
+def conv_spectral_bracket(
+    weight: torch.Tensor,
+    geom: ConvGeometry,
+    groups: int,
+    l1: float,
+    linf: float,
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 500,
+) -> SpectralBracket:
+    """ℓ2 bracket of the convolution ``geom`` with ``weight`` (for a transposed convolution pass the geometry of
+    the convolution it is the adjoint of: the norms agree), given its exact ℓ1 and ℓ∞ norms."""
+    w = weight.detach().to(torch.float64)
+    cin = w.shape[1] * groups
+    in_shape = (cin, *geom.input_size)
+    out_numel = w.shape[0] * math.prod(geom.output_size)
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return conv_forward(x, w, geom, groups)
+
+    candidates = [(safe_upper(math.sqrt(l1 * linf)), "holder")]
+    warm, v = power_lower(apply, in_shape, dtype=torch.float64, device=w.device, max_iter=min(30, max_iter))
+    made = conv_fft_upper(w, geom, groups, lower=warm, tol=tol / 10)
+    if made is not None:
+        candidates.append((made[0], "fft-exact" if made[1] else "fft"))
+    elif geom.mode in ("reflect", "replicate"):
+        valid = conv_geometry(tuple(w.shape[2:]), tuple(a.n + a.left + a.right for a in geom.axes),
+                              [a.s for a in geom.axes], 0, [a.d for a in geom.axes])
+        inner = conv_fft_upper(w, valid, groups, lower=warm / padding_norm(geom), tol=tol / 10)
+        if inner is not None:
+            candidates.append((safe_upper(inner[0] * padding_norm(geom)), "padding-product"))
+    return spectral_bracket(apply, in_shape, out_numel, candidates, dtype=torch.float64, device=w.device, tol=tol,
+                            max_iter=max_iter, init=v)
+
+
