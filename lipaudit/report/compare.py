@@ -113,7 +113,7 @@ def _grouped_layers_svg(results: Sequence[Mapping[str, Any]], names: Sequence[st
     ax.set_yscale("log")
     ax.set_xticks(x, layer_names, rotation=45, ha="right")
     ax.set_ylabel(f"{label} operator norm (log)")
-    ax.legend(frameon=False, fontsize=7, ncols=min(4, len(names)))
+    plots._legend(ax, frameon=False, fontsize=7, ncols=min(4, len(names)))
     return plots._svg(fig)
 
 
@@ -132,7 +132,7 @@ def _density_svg(results: Sequence[Mapping[str, Any]], names: Sequence[str], key
             ax.plot(grid, dens, color=plots.PALETTE[k % len(plots.PALETTE)], label=name)
     ax.set_xlabel(f"log10 of layer {label} norms")
     ax.set_ylabel("density")
-    ax.legend(frameon=False, fontsize=7)
+    plots._legend(ax, frameon=False, fontsize=7)
     return plots._svg(fig)
 
 

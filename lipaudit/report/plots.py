@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,7 +33,13 @@ def _svg(fig: Figure) -> str:
     with matplotlib.rc_context(_RC):
         fig.savefig(buf, format="svg", bbox_inches="tight")
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG is inlined into HTML
+    text = text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG is inlined into HTML
+    return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)  # creation date, licence URIs
+
+
+def _legend(ax: Any, **kwargs: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:  # an empty legend only warns
+        ax.legend(**kwargs)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -57,7 +64,7 @@ def layer_norms_svg(layers: Sequence[Mapping[str, Any]]) -> str:
         ax.set_yscale("log")
         ax.set_xticks(x, names, rotation=45, ha="right")
         ax.set_ylabel("operator norm (log)")
-        ax.legend(ncols=4, frameon=False, loc="upper left", bbox_to_anchor=(0, 1.18))
+        _legend(ax, ncols=4, frameon=False, loc="upper left", bbox_to_anchor=(0, 1.18))
         return _svg(fig)
 
 
@@ -81,7 +88,7 @@ def accuracy_curves_svg(rows: Sequence[Mapping[str, Any]]) -> str:
         ax.set_xlabel("ε")
         ax.set_ylabel("accuracy (fraction of n)")
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        _legend(ax, frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
         return _svg(fig)
 
 
@@ -111,7 +118,7 @@ def radius_sandwich_svg(samples: Sequence[Mapping[str, Any]], method: str | None
             ax.set_yscale("log")
         ax.set_xlabel("correctly classified samples, sorted by attack radius")
         ax.set_ylabel("radius")
-        ax.legend(frameon=False, fontsize=7)
+        _legend(ax, frameon=False, fontsize=7)
         return _svg(fig)
 
 
@@ -138,7 +145,7 @@ def gap_histogram_svg(samples: Sequence[Mapping[str, Any]], method: str | None) 
                             label=f"{label} (n={len(ratios)})")
         ax.set_xlabel("log10(attack radius / certified radius)   — 0 means the radius is known exactly")
         ax.set_ylabel("samples")
-        ax.legend(frameon=False, fontsize=7)
+        _legend(ax, frameon=False, fontsize=7)
         return _svg(fig)
 
 
