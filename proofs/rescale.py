@@ -177,7 +177,7 @@ def apply_scaling(model: nn.Module, pair: RescalePair, d: torch.Tensor) -> nn.Mo
 
 def _default_norm(module: nn.Module, input_shape: Sequence[int], norm: Norm) -> float:
     try:
-        from lipaudit.norms import operator_norm  # type: ignore[attr-defined]
+        from lipaudit.norms import operator_norm
     except ImportError:
         return _dense_norm(module, input_shape, norm)
     return float(operator_norm(module, input_shape, norm))
@@ -187,7 +187,7 @@ def _dense_norm(module: nn.Module, input_shape: Sequence[int], norm: Norm) -> fl
     """Operator norm from the dense matrix of the bias-free layer (small layers only; an oracle, not a fast path)."""
     lin = copy.deepcopy(module).double()
     if getattr(lin, "bias", None) is not None:
-        lin.bias = None
+        setattr(lin, "bias", None)  # noqa: B010 - a typed attribute mypy would not let us set to None
     eye = torch.eye(math.prod(input_shape), dtype=torch.float64).reshape(-1, *input_shape)
     with torch.no_grad():
         mat = lin(eye).reshape(eye.shape[0], -1).T  # (out, in)
@@ -233,6 +233,8 @@ def rescale_to_factor(
         pair = pairs[0]
     a_mod = model.get_submodule(pair.first)
     b_mod = model.get_submodule(pair.second)
+    if not isinstance(a_mod, _AFFINE) or not isinstance(b_mod, _AFFINE):
+        raise UnsupportedLayerError(f"Expected Linear/Conv2d at {pair.first!r} and {pair.second!r}")
     wa = a_mod.weight.detach().reshape(pair.units, -1).abs().sum(1)
     if isinstance(b_mod, nn.Linear):  # columns are channel-major: (out, units, repeat)
         wb = b_mod.weight.detach().reshape(b_mod.out_features, pair.units, pair.repeat).abs().sum((0, 2))
