@@ -76,6 +76,8 @@ class Fix:
 
 
 def _arraysetops_needed() -> bool:
+    if "numpy.lib.arraysetops" in sys.modules:
+        return False
     try:
         return importlib.util.find_spec("numpy.lib.arraysetops") is None
     except (ImportError, ValueError):
@@ -163,7 +165,10 @@ def _bounded_module() -> Any:
 
 
 def _named_members_needed() -> bool:
-    params = inspect.signature(_bounded_module()._named_members).parameters
+    method = _bounded_module()._named_members
+    if getattr(method, "_lipaudit_fix", False):
+        return False
+    params = inspect.signature(method).parameters
     return "remove_duplicate" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
@@ -197,7 +202,7 @@ def _named_members_apply() -> None:
 
 def _shape_inference_needed() -> bool:
     try:
-        return bool(_exporter_globals().onnx_shape_inference) or _parse_module_wrapped() is False
+        return not _parse_module_wrapped() and bool(_exporter_globals().onnx_shape_inference)
     except (ImportError, AttributeError):
         return False
 

@@ -70,9 +70,9 @@ def _bracket(values: torch.Tensor | None, n: int, name: str) -> list[float | Non
         raise UsageError(f"Expected {name} of shape ({n},) but got {tuple(values.shape)!r}")
     out: list[float | None] = []
     for v in values.tolist():
-        if math.isnan(v) or v < 0:
+        if v < 0:
             raise UsageError(f"Expected {name} radii ≥ 0 but got {v!r}")
-        out.append(None if math.isinf(v) else float(v))
+        out.append(None if math.isinf(v) or math.isnan(v) else float(v))  # nan: unknown
     return out
 
 
@@ -104,8 +104,8 @@ def certified_radius(
         norm: the input norm.
         method: the strongest method to use; cheaper ones are tried first at each ε (IBP, then CROWN before
             α-CROWN): a certificate from any of them counts.
-        lower: radii known to be certified (e.g. Lipschitz-margin radii); the search starts there.
-        upper: radii at which an attack succeeded (``inf`` where none); the search stays below them.
+        lower: radii known to be certified (e.g. Lipschitz-margin radii); the search starts there (nan: unknown).
+        upper: radii at which an attack succeeded (``inf`` or nan where none); the search stays below them.
         tol: stop when ``hi − lo ≤ tol · hi`` (or ``hi < 1e-6``).
         max_radius: the largest ε tried (default: 1 for ℓ∞, the input dimension's ℓ2 / ℓ1 diameter of [0, 1]^d).
         options: budgets and modes for the bound computations.
