@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Largest dense matrix (entries) for which the exact SVD path is used.
-DENSE_LIMIT = 2**22
+DENSE_LIMIT = 2**20
 #: Largest number of complex entries of Fourier blocks held at once.
 _CHUNK_ENTRIES = 2**23
 

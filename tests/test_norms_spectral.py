@@ -1,0 +1,111 @@
+"""ℓ2 brackets: soundness against the dense SVD (with and without the dense path), Gram iteration against SVD,
+the exact circular FFT case, and Hölder's inequality."""
+
+from __future__ import annotations
+
+import math
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from lipaudit.norms import gram_upper, l2_bracket, operator_norm
+from lipaudit.norms import spectral as spectral_module
+from lipaudit.norms.conv import conv_geometry
+from lipaudit.norms.spectral import conv_fft_upper, power_lower
+from tests.reference import dense_matrix
+from tests.strategies import ConvCase, conv_cases, conv_transpose_cases, fill_weights
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
+
+
+def _sigma(case: ConvCase) -> float:
+    return float(torch.linalg.matrix_norm(dense_matrix(case.module, case.input_shape), ord=2))
+
+
+def _assert_contains(case: ConvCase) -> tuple[float, float]:
+    sigma = _sigma(case)
+    lower, upper = l2_bracket(case.module, case.input_shape)
+    assert lower <= sigma * (1 + 1e-9), f"lower {lower} > σ {sigma} for {case}"
+    assert upper >= sigma * (1 - 1e-12), f"upper {upper} < σ {sigma} for {case}"
+    return lower, upper
+
+
+@given(conv_cases())
+def test_bracket_contains_dense_svd(case: ConvCase) -> None:
+    lower, upper = _assert_contains(case)
+    assert upper <= lower * (1 + 1e-6) + 1e-12  # small layers take the dense SVD path: the bracket is tight
+
+
+@given(conv_cases(max_extra=7))
+def test_bracket_without_dense_path_still_contains_svd(case: ConvCase) -> None:
+    with mock.patch.object(spectral_module, "DENSE_LIMIT", 0):
+        _assert_contains(case)
+
+
+@given(conv_transpose_cases())
+def test_conv_transpose_bracket_contains_dense_svd(case: ConvCase) -> None:
+    with mock.patch.object(spectral_module, "DENSE_LIMIT", 0):
+        _assert_contains(case)
+
+
+@given(conv_cases(max_extra=3))
+def test_spectral_norm_at_most_geometric_mean_of_l1_linf(case: ConvCase) -> None:
+    m = dense_matrix(case.module, case.input_shape)
+    l1, linf = operator_norm(case.module, case.input_shape, 1), operator_norm(case.module, case.input_shape, "inf")
+    assert float(torch.linalg.matrix_norm(m, ord=2)) <= math.sqrt(l1 * linf) * (1 + 1e-9)
+
+
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 8), st.booleans(), st.integers(0, 2**16))
+def test_gram_iteration_upper_bounds_and_converges_to_svd(m: int, n: int, batch: int, complex_: bool,
+                                                          seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    mats = torch.randn(batch, m, n, dtype=torch.float64, generator=gen)
+    if complex_:
+        mats = torch.complex(mats, torch.randn(batch, m, n, dtype=torch.float64, generator=gen))
+    sigma = float(torch.linalg.matrix_norm(mats, ord=2).max())
+    bound = gram_upper(mats, tol=1e-10)
+    assert sigma <= bound <= sigma * (1 + 1e-6)
+
+
+@pytest.mark.parametrize(("stride", "size"), [(1, 6), (2, 8), ((1, 2), (5, 6))])
+def test_circular_fft_is_exact(stride: int | tuple[int, int], size: int | tuple[int, int]) -> None:
+    conv = fill_weights(nn.Conv2d(3, 4, 3, stride=stride, padding=1, padding_mode="circular", bias=False), 3)
+    hw = (size, size) if isinstance(size, int) else size
+    geom = conv_geometry((3, 3), hw, stride, 1, 1, "circular")
+    made = conv_fft_upper(conv.weight, geom, tol=1e-10)
+    assert made is not None and made[1], "expected the exact circular path"
+    sigma = _sigma(ConvCase(conv, (3, *hw)))
+    assert made[0] == pytest.approx(sigma, rel=1e-7) and made[0] >= sigma
+
+
+def test_zero_padding_fft_bound_is_an_upper_bound_not_the_norm() -> None:
+    conv = fill_weights(nn.Conv2d(2, 2, 3, padding=1, bias=False), 11)
+    geom = conv_geometry((3, 3), (4, 4), 1, 1, 1)
+    made = conv_fft_upper(conv.weight, geom, tol=1e-10)
+    assert made is not None and not made[1]
+    assert made[0] >= _sigma(ConvCase(conv, (2, 4, 4)))
+
+
+def test_power_iteration_is_a_lower_bound() -> None:
+    conv = fill_weights(nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False), 5)
+    geom = conv_geometry((3, 3), (7, 7), 2, 1, 1)
+    from lipaudit.norms.conv import conv_forward
+
+    w = conv.weight.detach()
+    for iters in (1, 5, 50):
+        lower, _ = power_lower(lambda x: conv_forward(x, w, geom), (2, 7, 7), dtype=torch.float64,
+                               device=w.device, max_iter=iters, tol=0.0)
+        assert lower <= _sigma(ConvCase(conv, (2, 7, 7))) * (1 + 1e-12)
+
+
+def test_typical_layer_bracket_is_narrow() -> None:
+    conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+    lower, upper = l2_bracket(conv, (4, 8, 8))  # 256 × 256: dense path
+    assert (upper - lower) / upper <= 1e-6
+    with mock.patch.object(spectral_module, "DENSE_LIMIT", 0):
+        lower, upper = l2_bracket(conv, (4, 8, 8))  # enclosing circular convolution + power iteration
+    assert (upper - lower) / upper <= 0.05
