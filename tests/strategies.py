@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hypothesis import strategies as st
@@ -66,7 +67,9 @@ def conv_cases(draw: st.DrawFn, *, dims: int = 2, modes: tuple[str, ...] = MODES
             need = max(need, left, right)
         sizes.append(draw(st.integers(need, need + max_extra)))
     conv_type = nn.Conv1d if dims == 1 else nn.Conv2d
-    module = conv_type(cin, cout, ks, stride=ss, padding=padding, dilation=ds, groups=groups, padding_mode=mode)
+    kwargs: dict[str, Any] = {"kernel_size": ks, "stride": ss, "padding": padding, "dilation": ds,
+                              "padding_mode": mode}
+    module = conv_type(cin, cout, groups=groups, **kwargs)
     fill_weights(module, draw(st.integers(0, 2**16)), integer=draw(st.booleans()))
     return ConvCase(module, (cin, *sizes))
 
@@ -88,7 +91,7 @@ def conv_transpose_cases(draw: st.DrawFn, *, max_size: int = 5) -> ConvCase:
         while (need - 1) * s - 2 * p + d * (k - 1) + op + 1 < 1:
             need += 1
         sizes.append(draw(st.integers(need, need + max_size)))
-    module = nn.ConvTranspose2d(cin, cout, ks, stride=ss, padding=ps, output_padding=ops, groups=groups,
-                                dilation=ds)
+    kwargs: dict[str, Any] = {"stride": ss, "padding": ps, "output_padding": ops, "dilation": ds}
+    module = nn.ConvTranspose2d(cin, cout, ks, groups=groups, **kwargs)
     fill_weights(module, draw(st.integers(0, 2**16)), integer=draw(st.booleans()))
     return ConvCase(module, (cin, *sizes))

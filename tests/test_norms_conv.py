@@ -4,6 +4,7 @@ exact one-convolution path, and the reference-code defect cases as explicit regr
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -69,8 +70,10 @@ def test_closed_forms_agree_with_exact_conv_whenever_chosen(case: ConvCase) -> N
 @given(conv_cases(), st.floats(-5, 5).filter(lambda c: abs(c) > 1e-3))
 def test_norms_are_absolutely_homogeneous(case: ConvCase, c: float) -> None:
     base = [operator_norm(case.module, case.input_shape, p) for p in (1, math.inf)]
+    weight = case.module.weight
+    assert isinstance(weight, torch.Tensor)
     with torch.no_grad():
-        case.module.weight.mul_(c)  # type: ignore[operator]
+        weight.mul_(c)
     scaled = [operator_norm(case.module, case.input_shape, p) for p in (1, math.inf)]
     assert scaled == pytest.approx([abs(c) * b for b in base], rel=1e-9)
 
@@ -82,13 +85,13 @@ def test_l1_of_conv_is_linf_of_transpose_sharing_the_weight(case: ConvCase) -> N
     out_shape = tuple(conv(torch.zeros(1, *case.input_shape, dtype=torch.float64)).shape[1:])
     ops = []
     for n, o, k, s, p, d in zip(case.input_shape[1:], out_shape[1:], conv.kernel_size, conv.stride,
-                                conv.padding, conv.dilation, strict=True):  # type: ignore[call-overload]
+                                conv.padding, conv.dilation, strict=True):
         ops.append(n - ((o - 1) * s - 2 * p + d * (k - 1) + 1))
     if any(op >= max(s, d) for op, s, d in zip(ops, conv.stride, conv.dilation, strict=True)):
         return  # the transposed layer cannot reproduce this input size
-    convt = nn.ConvTranspose2d(conv.out_channels, conv.in_channels, conv.kernel_size, conv.stride,
-                               conv.padding, tuple(ops), conv.groups, bias=False,  # type: ignore[arg-type]
-                               dilation=conv.dilation).double()
+    kwargs: dict[str, Any] = {"kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding,
+                              "output_padding": tuple(ops), "dilation": conv.dilation}
+    convt = nn.ConvTranspose2d(conv.out_channels, conv.in_channels, groups=conv.groups, bias=False, **kwargs).double()
     with torch.no_grad():
         convt.weight.copy_(conv.weight)
     assert operator_norm(conv, case.input_shape, 1) == pytest.approx(operator_norm(convt, out_shape, math.inf),
@@ -138,7 +141,9 @@ def test_stride_two_l1_is_the_residue_class_maximum_not_the_kernel_sum() -> None
 def test_nan_weights_are_rejected_naming_the_layer() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
     with torch.no_grad():
-        model[0].weight[0, 0, 0, 0] = float("nan")  # type: ignore[index]
+        conv = model[0]
+        assert isinstance(conv, nn.Conv2d)
+        conv.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteWeightError, match=r"0\.weight"):
         layer_norms(model, (1, 4, 4))
 

@@ -38,14 +38,15 @@ def test_linear(n_in: int, n_out: int, seed: int) -> None:
 @given(st.sampled_from([nn.BatchNorm1d, nn.BatchNorm2d]), st.integers(1, 4), st.booleans(), st.integers(0, 2**16))
 def test_batchnorm_eval_is_diagonal(kind: type[nn.Module], channels: int, affine: bool, seed: int) -> None:
     bn = kind(channels, affine=affine)
+    assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        bn.running_var.copy_(torch.rand(channels, generator=gen) * 3 + 0.01)  # type: ignore[operator]
-        bn.running_mean.copy_(torch.randn(channels, generator=gen))  # type: ignore[operator]
-        if affine:
-            bn.weight.copy_(torch.randn(channels, generator=gen))  # type: ignore[union-attr]
-    bn = bn.double().eval()
-    _assert_all_norms(bn, (channels, 3, 2) if kind is nn.BatchNorm2d else (channels, 3))
+        assert bn.running_var is not None and bn.running_mean is not None
+        bn.running_var.copy_(torch.rand(channels, generator=gen) * 3 + 0.01)
+        bn.running_mean.copy_(torch.randn(channels, generator=gen))
+        if bn.weight is not None:
+            bn.weight.copy_(torch.randn(channels, generator=gen))
+    _assert_all_norms(bn.double().eval(), (channels, 3, 2) if kind is nn.BatchNorm2d else (channels, 3))
 
 
 def test_batchnorm_without_running_stats_is_rejected() -> None:
@@ -112,9 +113,9 @@ def test_bad_input_shapes_are_rejected_with_the_value() -> None:
 def test_layer_norms_match_dense_matrices_per_layer(model: nn.Module, shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
             with torch.no_grad():
-                m.running_var.uniform_(0.5, 2.0)  # type: ignore[operator]
+                m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(-2.0, 2.0)
     model.eval()
     rows = layer_norms(model, shape)
@@ -122,11 +123,11 @@ def test_layer_norms_match_dense_matrices_per_layer(model: nn.Module, shape: tup
     assert rows and all(isinstance(r, LayerNorm) for r in rows)
     for row in rows:
         module = submodules[row.name]
-        m = dense_matrix(module, row.input_shape)
-        assert m.shape == (math.prod(row.output_shape), math.prod(row.input_shape))
-        assert row.l1 == pytest.approx(float(m.abs().sum(0).max()), rel=1e-5)
-        assert row.linf == pytest.approx(float(m.abs().sum(1).max()), rel=1e-5)
-        sigma = float(torch.linalg.matrix_norm(m, ord=2))
+        mat = dense_matrix(module, row.input_shape)
+        assert mat.shape == (math.prod(row.output_shape), math.prod(row.input_shape))
+        assert row.l1 == pytest.approx(float(mat.abs().sum(0).max()), rel=1e-5)
+        assert row.linf == pytest.approx(float(mat.abs().sum(1).max()), rel=1e-5)
+        sigma = float(torch.linalg.matrix_norm(mat, ord=2))
         assert row.l2_lower <= sigma * (1 + 1e-6) and row.l2_upper >= sigma * (1 - 1e-6), row
         assert row.type == type(module).__name__
     data = json.loads(json.dumps([r.to_dict() for r in rows]))

@@ -22,6 +22,12 @@ from tests.strategies import ConvCase, conv_cases, conv_transpose_cases, fill_we
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 def _sigma(case: ConvCase) -> float:
     return float(torch.linalg.matrix_norm(dense_matrix(case.module, case.input_shape), ord=2))
 
@@ -76,7 +82,7 @@ def test_circular_fft_is_exact(stride: int | tuple[int, int], size: int | tuple[
     conv = fill_weights(nn.Conv2d(3, 4, 3, stride=stride, padding=1, padding_mode="circular", bias=False), 3)
     hw = (size, size) if isinstance(size, int) else size
     geom = conv_geometry((3, 3), hw, stride, 1, 1, "circular")
-    made = conv_fft_upper(conv.weight, geom, tol=1e-10)
+    made = conv_fft_upper(_weight(conv), geom, tol=1e-10)
     assert made is not None and made[1], "expected the exact circular path"
     sigma = _sigma(ConvCase(conv, (3, *hw)))
     assert made[0] == pytest.approx(sigma, rel=1e-7) and made[0] >= sigma
@@ -85,7 +91,7 @@ def test_circular_fft_is_exact(stride: int | tuple[int, int], size: int | tuple[
 def test_zero_padding_fft_bound_is_an_upper_bound_not_the_norm() -> None:
     conv = fill_weights(nn.Conv2d(2, 2, 3, padding=1, bias=False), 11)
     geom = conv_geometry((3, 3), (4, 4), 1, 1, 1)
-    made = conv_fft_upper(conv.weight, geom, tol=1e-10)
+    made = conv_fft_upper(_weight(conv), geom, tol=1e-10)
     assert made is not None and not made[1]
     assert made[0] >= _sigma(ConvCase(conv, (2, 4, 4)))
 
@@ -95,7 +101,7 @@ def test_power_iteration_is_a_lower_bound() -> None:
     geom = conv_geometry((3, 3), (7, 7), 2, 1, 1)
     from lipaudit.norms.conv import conv_forward
 
-    w = conv.weight.detach()
+    w = _weight(conv).detach()
     for iters in (1, 5, 50):
         lower, _ = power_lower(lambda x: conv_forward(x, w, geom), (2, 7, 7), dtype=torch.float64,
                                device=w.device, max_iter=iters, tol=0.0)

@@ -15,7 +15,13 @@ Example:
 from __future__ import annotations
 
 from lipaudit.norms.base import NonFiniteWeightError, NormValue, SpectralBracket
-from lipaudit.norms.conv import ConvGeometry, conv2d_operator_norm, conv_exact_norms, conv_geometry, conv_transpose_geometry
+from lipaudit.norms.conv import (
+    ConvGeometry,
+    conv2d_operator_norm,
+    conv_exact_norms,
+    conv_geometry,
+    conv_transpose_geometry,
+)
 from lipaudit.norms.linear import linear_exact_norms, linear_spectral_bracket
 from lipaudit.norms.network import LayerNorm, l2_bracket, layer_norm, layer_norms, operator_norm
 from lipaudit.norms.rules import RULES, SUPPORTED_LINEAR, Rule, rule_for

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +36,11 @@ __all__ = [
     "PADDING_MODES",
     "Axis",
     "ConvGeometry",
+    "conv2d_operator_norm",
     "conv_exact_norms",
     "conv_forward",
     "conv_geometry",
     "conv_transpose_geometry",
-    "conv2d_operator_norm",
 ]
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -255,6 +256,11 @@ def _closed_form(abs_k: torch.Tensor, geom: ConvGeometry, groups: int, which: No
     return float(_fold(per_ci, mats).max())
 
 
+def _crop(slices: list[slice]) -> tuple[Any, ...]:
+    """An index keeping the leading dimensions and slicing the trailing spatial ones."""
+    return (Ellipsis, *slices)
+
+
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
@@ -267,7 +273,7 @@ def _one_conv(abs_k: torch.Tensor, geom: ConvGeometry, groups: int, which: Norm)
         ones = torch.ones(1, abs_k.shape[1] * groups, *geom.input_size, dtype=abs_k.dtype, device=abs_k.device)
         pad = [p for a in reversed(geom.axes) for p in (a.left, a.right)]
         rows = _CONV[nd](F.pad(ones, pad), abs_k, stride=strides, dilation=dil, groups=groups)
-        rows = rows[(..., *[slice(0, a.out) for a in geom.axes])]
+        rows = rows[_crop([slice(0, a.out) for a in geom.axes])]
         return float(rows.max())
     ones = torch.ones(1, abs_k.shape[0], *geom.output_size, dtype=abs_k.dtype, device=abs_k.device)
     cols = _CONV_T[nd](ones, abs_k, stride=strides, dilation=dil, groups=groups)
@@ -275,7 +281,7 @@ def _one_conv(abs_k: torch.Tensor, geom: ConvGeometry, groups: int, which: Norm)
     extend = [p for a, f, c in zip(reversed(geom.axes), reversed(full), reversed(cols.shape[2:]), strict=True)
               for p in (0, f - c)]
     cols = F.pad(cols, extend)
-    cols = cols[(..., *[slice(a.left, a.left + a.n) for a in geom.axes])]
+    cols = cols[_crop([slice(a.left, a.left + a.n) for a in geom.axes])]
     return float(cols.max())
 
 
@@ -308,7 +314,7 @@ def _folded(kernel: torch.Tensor, geom: ConvGeometry, groups: int, which: Norm) 
 def _product(lists: Sequence[Sequence[torch.Tensor]]) -> list[list[torch.Tensor]]:
     combos: list[list[torch.Tensor]] = [[]]
     for options in lists:
-        combos = [c + [o] for c in combos for o in options]
+        combos = [[*c, o] for c in combos for o in options]
     return combos
 
 
@@ -362,7 +368,7 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, grou
     pad = [p for a in reversed(geom.axes) for p in (a.left, a.right)]
     padded = F.pad(x, pad, mode="constant" if geom.mode == "zeros" else geom.mode)
     y = _CONV[nd](padded, weight, stride=[a.s for a in geom.axes], dilation=[a.d for a in geom.axes], groups=groups)
-    return y[(..., *[slice(0, a.out) for a in geom.axes])]
+    return y[_crop([slice(0, a.out) for a in geom.axes])]
 
 
 def conv2d_operator_norm(

@@ -87,8 +87,8 @@ def _shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def operator_norm(module: nn.Module, input_shape: Sequence[int], p: float | Norm, *, dtype: torch.dtype | None = None,
-                  tol: float = DEFAULT_TOL) -> float:
+def operator_norm(module: nn.Module, input_shape: Sequence[int], p: float | str | Norm, *,
+                  dtype: torch.dtype | None = None, tol: float = DEFAULT_TOL) -> float:
     """The ℓp operator norm of a linear layer on inputs of ``input_shape`` (no batch dimension).
 
     ℓ1 and ℓ∞ are exact; for ℓ2 this is the certified *upper* end of :func:`l2_bracket`.

@@ -9,7 +9,6 @@ small 1-D matrices (exact; ℓ2 from their SVDs).
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
@@ -79,13 +78,13 @@ def pooling_factors(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[li
     _, h, w = input_shape
     if isinstance(module, nn.AdaptiveAvgPool2d):
         size = module.output_size
-        oh, ow = (size, size) if isinstance(size, int) else size
+        oh, ow = (size, size) if size is None or isinstance(size, int) else tuple(size)
         return [adaptive_avg_pool_matrix(h, oh if oh is not None else h),
                 adaptive_avg_pool_matrix(w, ow if ow is not None else w)], 1.0
     if isinstance(module, nn.AvgPool2d):
-        k = _pair(module.kernel_size, 1)  # type: ignore[arg-type]
-        s = _pair(module.stride, k[0]) if module.stride else k  # type: ignore[arg-type]
-        p = _pair(module.padding, 0)  # type: ignore[arg-type]
+        k = _pair(module.kernel_size, 1)
+        s = _pair(module.stride, k[0]) if module.stride else k
+        p = _pair(module.padding, 0)
         override = module.divisor_override
         mats = [
             avg_pool_matrix(n, kk, ss, pp, ceil_mode=module.ceil_mode,

@@ -72,7 +72,7 @@ def _conv_exact(module: nn.Module, shape: Shape, name: str, dtype: torch.dtype |
 
 def _conv_spectral(module: nn.Module, shape: Shape, name: str, exact: dict[Norm, NormValue], tol: float
                    ) -> SpectralBracket:
-    weight, geom, groups, transposed = _conv_parts(module, shape, name)
+    weight, geom, groups, _ = _conv_parts(module, shape, name)
     # the adjoint has the same spectral norm; ℓ1 and ℓ∞ swap (Hölder uses their product, so the order is moot)
     return conv_spectral_bracket(weight, geom, groups, exact[Norm.L1].value, exact[Norm.LINF].value, tol=tol)
 
