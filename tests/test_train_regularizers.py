@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lipaudit.errors import ShapeError, UsageError
+from lipaudit.norms import operator_norm
 from lipaudit.train.regularizers import (
     SVC,
     NormDecay,
@@ -18,6 +19,7 @@ from lipaudit.train.regularizers import (
     module_input_shapes,
     norm_argmax_block,
 )
+from lipaudit.types import Norm
 
 
 def dense(module: nn.Module, input_shape: tuple[int, ...], weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -65,6 +67,7 @@ def check_block(module: nn.Module, input_shape: tuple[int, ...], p: str) -> None
     value, mask = norm_argmax_block(module, input_shape, p)
     best, blocks = oracle_blocks(module, input_shape, p)
     assert value == pytest.approx(best, rel=1e-5), f"norm {value} != dense {best}"
+    assert value == pytest.approx(operator_norm(module, input_shape, Norm.parse(p)), rel=1e-5)
     assert any(torch.equal(mask, b) for b in blocks), f"block {mask.int().tolist()} is no argmax block of |M|"
     assert float(module.weight.detach().abs()[mask].sum()) == pytest.approx(best, rel=1e-5)
 
