@@ -379,7 +379,7 @@ def conv2d_operator_norm(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
-    p: float | Norm = math.inf,
+    p: float | str | Norm = math.inf,
 ) -> NormValue:
     """The ℓp operator norm (p = 1 or ∞) of ``F.conv2d``/``nn.Conv2d`` on inputs of ``input_shape`` (C, H, W).
 
