@@ -20,10 +20,13 @@ from lipaudit.errors import (
     UsageError,
 )
 from lipaudit.modules import Normalize
+from lipaudit.norms import SUPPORTED_LINEAR, LayerNorm, l2_bracket, layer_norms, operator_norm
 from lipaudit.types import Method, Norm
 
 __all__ = [
+    "SUPPORTED_LINEAR",
     "DataError",
+    "LayerNorm",
     "LipauditError",
     "Method",
     "MissingDependencyError",
@@ -36,4 +39,7 @@ __all__ = [
     "UnsupportedLayerError",
     "UsageError",
     "__version__",
+    "l2_bracket",
+    "layer_norms",
+    "operator_norm",
 ]
