@@ -45,7 +45,7 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
 def supported_modules() -> tuple[type[nn.Module], ...]:
     """All module types :func:`trace` accepts: the norm rule registry's linear types plus :data:`ACTIVATIONS`."""
     try:
-        from lipaudit.norms import SUPPORTED_LINEAR  # type: ignore[attr-defined]
+        from lipaudit.norms import SUPPORTED_LINEAR
     except ImportError:
         linear: tuple[type[nn.Module], ...] = LINEAR_FALLBACK
     else:
@@ -356,6 +356,13 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Graph:
             "TorchScript module: lipaudit cannot see inside it; load the state_dict with --arch instead, or use a "
             "torch.export program (.pt2)")
     with _eval_mode(model):
+        if isinstance(model, supported_modules()):  # a single layer: fx would trace through its forward
+            x = _example_input(model, shape)
+            out = _run(lambda: model(x), shape)
+            name = type(model).__name__
+            return Graph((Node("input", "input", None, (), shape, shape),
+                          Node(name, "module", model, ("input",), shape, _shape(out)),
+                          Node("output", "output", None, (name,), _shape(out), _shape(out))))
         try:
             return _trace_fx(model, shape)
         except (fx.proxy.TraceError, TypeError, NotImplementedError, AttributeError):

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from lipaudit.errors import UnsupportedLayerError, UsageError
-from lipaudit.graph import LINEAR_FALLBACK, Graph, Node, trace
+from lipaudit.graph import Graph, Node, trace
 from lipaudit.modules import Normalize
+from lipaudit.norms import SUPPORTED_LINEAR, operator_norm
 from lipaudit.types import Norm
 
 __all__ = [
@@ -84,34 +85,21 @@ ACTIVATION_CONSTANTS: Mapping[type[nn.Module], _Rule] = {
 
 
 def _linear_types() -> tuple[type[nn.Module], ...]:
-    try:
-        from lipaudit.norms import SUPPORTED_LINEAR  # type: ignore[attr-defined]
-    except ImportError:
-        return LINEAR_FALLBACK
     return tuple(SUPPORTED_LINEAR)
 
 
-def _operator_norm(module: nn.Module, input_shape: tuple[int, ...], norm: Norm) -> float:
-    try:
-        from lipaudit.norms import operator_norm  # type: ignore[attr-defined]
-    except ImportError:
-        operator_norm = _dense_operator_norm
-    return float(operator_norm(module, input_shape, norm))
+_Cache = dict[tuple[int, tuple[int, ...], Norm], float]
 
 
-def _dense_operator_norm(module: nn.Module, input_shape: tuple[int, ...], norm: Norm) -> float:
-    """Exact norm from the unrolled matrix; only used while :mod:`lipaudit.norms` lacks ``operator_norm``."""
-    if isinstance(module, (nn.Flatten, nn.Identity, nn.Dropout)):
-        return 1.0
-    with torch.no_grad():
-        ref = next(iter(module.parameters()), torch.zeros(()))
-        x = torch.eye(math.prod(input_shape), dtype=ref.dtype, device=ref.device).reshape(-1, *input_shape)
-        m = (module(x) - module(torch.zeros_like(x[:1]))).reshape(x.shape[0], -1).T.double()
-    if norm is Norm.L1:
-        return float(m.abs().sum(0).max())
-    if norm is Norm.LINF:
-        return float(m.abs().sum(1).max())
-    return float(torch.linalg.matrix_norm(m, ord=2)) * (1 + 1e-9)
+def _operator_norm(module: nn.Module, input_shape: tuple[int, ...], norm: Norm, cache: _Cache | None = None) -> float:
+    key = (id(module), tuple(input_shape), norm)
+    if cache is not None and key in cache:
+        return cache[key]
+    value = float(operator_norm(module, input_shape, norm, dtype=torch.float64))  # no float32 round-down
+    if cache is not None:
+        cache[key] = value
+    return value
+
 
 
 def _activation_rule(module: nn.Module) -> _Rule | None:
@@ -121,14 +109,14 @@ def _activation_rule(module: nn.Module) -> _Rule | None:
     return None
 
 
-def _factor(node: Node, norm: Norm) -> float:
+def _factor(node: Node, norm: Norm, cache: _Cache | None = None) -> float:
     module = node.module
     assert module is not None  # only called for nodes carrying a module
     rule = _activation_rule(module)
     if rule is not None:
         return rule(module, node, norm)
     if isinstance(module, _linear_types()):
-        return _operator_norm(module, node.input_shape, norm)
+        return _operator_norm(module, node.input_shape, norm, cache)
     raise UnsupportedLayerError(
         f"Unsupported layer {node.name!r} of type {type(module).__name__} for Lipschitz bounds. Supported: "
         f"{', '.join(sorted({t.__name__ for t in (*_linear_types(), *ACTIVATION_CONSTANTS)}))}")
@@ -155,7 +143,8 @@ def _folded(graph: Graph, node: Node) -> tuple[nn.Module, list[Node]] | None:
     weight = layer.weight.detach().clone()
     absorbed: list[Node] = []
     src = graph.node(node.inputs[0])
-    via_flatten = src.kind == "flatten" and _sole_consumer(graph, src.name) is not None
+    reshape = src.kind == "flatten" or isinstance(src.module, nn.Flatten)
+    via_flatten = reshape and _sole_consumer(graph, src.name) is not None
     pre = graph.node(src.inputs[0]) if via_flatten else src
     if isinstance(pre.module, Normalize) and _sole_consumer(graph, pre.name) is not None and (
             not via_flatten or _sole_consumer(graph, pre.name) == src):
@@ -211,7 +200,7 @@ class _Factor:
     how: str
 
 
-def layer_factors(graph: Graph, norm: Norm, *, fold: bool = True) -> list[_Factor]:
+def layer_factors(graph: Graph, norm: Norm, *, fold: bool = True, cache: _Cache | None = None) -> list[_Factor]:
     """The per-node Lipschitz factors of ``graph.modules()``; nodes folded into a neighbour get 1.
 
     A fold is kept only when the folded operator's norm is at most the product of the separate norms.
@@ -220,13 +209,13 @@ def layer_factors(graph: Graph, norm: Norm, *, fold: bool = True) -> list[_Facto
     for node in graph.modules():
         if node.name in factors:
             continue
-        value = _factor(node, norm)
+        value = _factor(node, norm, cache)
         how = "activation" if _activation_rule(node.module) is not None else "operator-norm"  # type: ignore[arg-type]
         folded = _folded(graph, node) if fold else None
         if folded is not None:
             module, absorbed = folded
             fold_value = _operator_norm(module, node.input_shape, norm)  # folding keeps the layer's input shape
-            if fold_value <= value * math.prod(_factor(a, norm) for a in absorbed):
+            if fold_value <= value * math.prod(_factor(a, norm, cache) for a in absorbed):
                 value, how = fold_value, "folded with " + "+".join(a.name for a in absorbed)
                 for a in absorbed:
                     factors[a.name] = _Factor(a.name, a.kind, 1.0, f"folded into {node.name}")
@@ -250,10 +239,9 @@ def _compose(graph: Graph, factors: Mapping[str, float]) -> dict[str, float]:
     return bound
 
 
-def _bounds(model: nn.Module, input_shape: Any, norm: Norm, fold: bool) -> tuple[Graph, dict[str, float]]:
-    graph = trace(model, input_shape)
-    factors = {f.name: f.value for f in layer_factors(graph, norm, fold=fold)}
-    return graph, _compose(graph, factors)
+def _upper(graph: Graph, norm: Norm, fold: bool, cache: _Cache) -> float:
+    factors = {f.name: f.value for f in layer_factors(graph, norm, fold=fold, cache=cache)}
+    return _compose(graph, factors)[graph.nodes[-1].name]
 
 
 def network_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | float) -> float:
@@ -267,8 +255,7 @@ def network_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | flo
         3.5
     """
     norm = Norm.parse(norm)
-    graph, bound = _bounds(model, input_shape, norm, fold=True)
-    return bound[graph.nodes[-1].name]
+    return _upper(trace(model, input_shape), norm, True, {})
 
 
 def _head(graph: Graph) -> tuple[torch.Tensor, str] | None:
@@ -290,17 +277,21 @@ def margin_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | floa
     network before it, q the dual exponent.
     """
     norm = Norm.parse(norm)
-    graph, full = _bounds(model, input_shape, norm, fold=True)
+    return _margin_matrix(trace(model, input_shape), norm, {})
+
+
+def _margin_matrix(graph: Graph, norm: Norm, cache: _Cache) -> torch.Tensor:
     out = graph.nodes[-1]
     k = math.prod(out.output_shape)
     q = norm.dual.p
-    generic = torch.full((k, k), (2.0 ** (1.0 / q) if q != math.inf else 1.0) * full[out.name], dtype=torch.float64)
+    generic = torch.full((k, k), (2.0 ** (1.0 / q) if q != math.inf else 1.0) * _upper(graph, norm, True, cache),
+                         dtype=torch.float64)
     head = _head(graph)
     if head is not None:
         w, feed = head
         # bound of h: compose without folding into the head (its rows are used raw)
         h_graph = Graph(tuple(n for n in graph.nodes if graph.nodes.index(n) <= graph.nodes.index(graph.node(feed))))
-        factors = {f.name: f.value for f in layer_factors(h_graph, norm)}
+        factors = {f.name: f.value for f in layer_factors(h_graph, norm, cache=cache)}
         l_h = _compose(h_graph, factors)[feed]
         w64 = w.double().cpu()
         diffs = torch.linalg.vector_norm(w64[:, None, :] - w64[None, :, :], ord=q, dim=-1)
@@ -400,6 +391,8 @@ def _lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm
             f1 = model((flat + delta).reshape_as(x)).double()
             diff = f1 - logits.double()
             ok = dn > 0
+            if not bool(ok.any()):  # a zero gradient gives no direction
+                continue
             net_low = max(net_low, float((torch.linalg.vector_norm(diff, ord=norm.p, dim=1)[ok] / dn[ok]).max()))
             md = _margins(f1, y64) - _margins(logits.double(), y64)
             margin_low = max(margin_low, float((md.abs().amax(1)[ok] / dn[ok]).max()))
@@ -462,11 +455,12 @@ def lipschitz_report(model: nn.Module, input_shape: Any, norm: Norm | str | floa
                      x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> LipschitzReport:
     """Product, graph and margin upper bounds, and (given points ``x``, labels ``y``) lower bounds and ratios."""
     norm = Norm.parse(norm)
-    graph, product = _bounds(model, input_shape, norm, fold=False)
-    factors = layer_factors(graph, norm, fold=True)
+    graph = trace(model, input_shape)
+    cache: _Cache = {}
+    upper_product = _upper(graph, norm, False, cache)
+    factors = layer_factors(graph, norm, fold=True, cache=cache)
     upper = _compose(graph, {f.name: f.value for f in factors})[graph.nodes[-1].name]
-    upper_product = product[graph.nodes[-1].name]
-    margin_up = float(margin_lipschitz(model, input_shape, norm).max())
+    margin_up = float(_margin_matrix(graph, norm, cache).max())
     lower = m_lower = loose = m_loose = None
     if x is not None and y is not None:
         lower, m_lower = _lower_bounds(model, x, y, norm)

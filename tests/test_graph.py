@@ -217,3 +217,11 @@ def test_double_precision_model() -> None:
     model = tiny_cnn(input_size=8).double()
     graph = trace(model, (1, 8, 8))
     assert graph.nodes[-1].output_shape == (10,)
+
+
+def test_single_layer_model() -> None:
+    graph = trace(nn.Conv2d(2, 3, 3, stride=2), (2, 7, 7))
+    assert [(n.name, n.kind, n.output_shape) for n in graph.nodes] == [
+        ("input", "input", (2, 7, 7)), ("Conv2d", "module", (3, 3, 3)), ("output", "output", (3, 3, 3))]
+    with pytest.raises(ShapeError):
+        trace(nn.Linear(3, 2), (4,))
