@@ -95,13 +95,15 @@ def lp_guard(method: str = "IBP") -> str:
 
 
 def filters_unchanged() -> str:
-    """Run first in a fresh interpreter: importing auto_LiRPA must not touch warning filters or logging."""
+    """Run first in a fresh interpreter: importing auto_LiRPA must not touch warning filters, logging, recursion limit."""
     import logging
     import warnings
 
-    before = (list(warnings.filters), list(logging.getLogger().handlers), logging.getLogger().level)
+    before = (list(warnings.filters), list(logging.getLogger().handlers), logging.getLogger().level,
+              sys.getrecursionlimit())
     _lirpa()
-    after = (list(warnings.filters), list(logging.getLogger().handlers), logging.getLogger().level)
+    after = (list(warnings.filters), list(logging.getLogger().handlers), logging.getLogger().level,
+             sys.getrecursionlimit())
     return "ok" if before == after else f"changed: {before} -> {after}"
 
 

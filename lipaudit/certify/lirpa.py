@@ -15,7 +15,9 @@ import importlib.util
 import io
 import logging
 import math
+import sys
 import warnings
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -52,8 +54,19 @@ _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropou
 _lirpa: ModuleType | None = None
 
 
+@contextlib.contextmanager
+def _deep_recursion() -> Iterator[None]:
+    """The recursion limit auto_LiRPA sets for itself (its graph walks recurse once per layer), while it runs."""
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, 100_000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
+
+
 def load_auto_lirpa() -> ModuleType:
-    """Import auto_LiRPA with the compatibility fixes applied, leaving warning filters and logging as they were.
+    """Import auto_LiRPA with the compatibility fixes applied; warning filters, logging, recursion limit unchanged.
 
     Raises:
         MissingDependencyError: auto_LiRPA is not installed (the message gives the install command).
@@ -64,7 +77,7 @@ def load_auto_lirpa() -> ModuleType:
     if importlib.util.find_spec("auto_LiRPA") is None:
         raise MissingDependencyError(f"Certification needs auto_LiRPA, which is not installed: {INSTALL_HINT}")
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, recursion = root.handlers[:], root.level, sys.getrecursionlimit()
     # auto_LiRPA calls warnings.simplefilter('once') and logging.basicConfig at import time: undo both.
     # While it imports, its simplefilter('once') calls are made no-ops so that its own import noise stays ignored.
     with warnings.catch_warnings():
@@ -79,6 +92,7 @@ def load_auto_lirpa() -> ModuleType:
             warnings.simplefilter = real_simplefilter
             root.handlers[:] = handlers
             root.setLevel(level)
+            sys.setrecursionlimit(recursion)  # auto_LiRPA sets 10**6 at import; it gets it only while it runs
     _lirpa = module
     return module
 
@@ -190,7 +204,7 @@ class BoundEngine:
             if alpha:
                 opts.update(_compat.alpha_bound_opts())
                 opts["optimize_bound_args"] = {"iteration": self.options.alpha_iterations}
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            with _deep_recursion(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._bounded[key] = self.lirpa.BoundedModule(
                     self.model, self._example, bound_opts=opts, device=self._example.device
@@ -216,7 +230,7 @@ class BoundEngine:
         alpha = method is Method.ALPHA_CROWN
         bounded = self._module(conv_mode, alpha)
         grad = torch.enable_grad() if alpha else torch.no_grad()
-        with grad, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with grad, _deep_recursion(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             # auto_LiRPA computes the ℓ1 dual exponent as 1 / (1 - 1/1) (numpy: inf with a RuntimeWarning).
             warnings.simplefilter("ignore")
             bx = self.lirpa.BoundedTensor(x, self.perturbation(x, eps))

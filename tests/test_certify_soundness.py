@@ -1,0 +1,206 @@
+"""Soundness of lipaudit's auto_LiRPA bounds by sampling and by attack, over small random networks.
+
+For every supported layer type × norm × method × conv mode: outputs at points sampled in the input set (inside, on
+the boundary, at vertices for ℓ∞ and ℓ1) stay within the output bounds; sampled margins stay above the margin lower
+bounds; and a margin-maximising PGD never flips a certified point. A bound computation that raises is not a
+soundness failure (the certifier falls back); it is recorded as a hypothesis event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+from hypothesis import event, given
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+from torch import nn
+
+from lipaudit.attacks import PGD
+from lipaudit.certify.lirpa import LIRPA_ERRORS, BoundEngine, margin_matrix, scatter_margins
+from lipaudit.certify.options import CertifyOptions
+from lipaudit.modules import Normalize
+from lipaudit.types import Method, Norm
+
+TOL = 2e-5  # float32: auto_LiRPA's bounds and torch's forward pass differ by rounding
+
+
+class _ViewNet(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, 4, 3, stride=2, padding=1)
+        self.fc = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.size(0), -1))
+
+
+class _Residual(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(c, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = _bn(4)
+        self.head = nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        return self.head(torch.relu(self.bn(self.conv(h)) + h))
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(c)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.2, 2.0)
+    bn.weight.data.uniform_(-1.5, 1.5)
+    bn.bias.data.uniform_(-0.5, 0.5)
+    return bn
+
+
+def build(arch: str, c: int, seed: int) -> nn.Module:
+    """A small random network on (c, 6, 6) inputs with 3 classes."""
+    torch.manual_seed(seed)
+    head = [nn.Flatten(), nn.Linear(4 * 3 * 3, 3)]
+    nets = {
+        "linear": lambda: nn.Sequential(nn.Flatten(), nn.Linear(c * 36, 10), nn.ReLU(), nn.Linear(10, 3)),
+        "conv_stride_pad": lambda: nn.Sequential(nn.Conv2d(c, 4, 3, stride=2, padding=1), nn.ReLU(), *head),
+        "conv_nopad": lambda: nn.Sequential(nn.Conv2d(c, 4, 4, stride=1, padding=0), nn.ReLU(), nn.Flatten(),
+                                            nn.Linear(4 * 3 * 3, 3)),
+        "grouped": lambda: nn.Sequential(nn.Conv2d(c, 4, 3, stride=2, padding=1, groups=c), nn.ReLU(), *head),
+        "batchnorm": lambda: nn.Sequential(nn.Conv2d(c, 4, 3, stride=2, padding=1), _bn(4), nn.ReLU(), *head),
+        "batchnorm_first": lambda: nn.Sequential(_bn(c), nn.Conv2d(c, 4, 3, stride=2, padding=1), nn.ReLU(), *head),
+        "avgpool": lambda: nn.Sequential(nn.Conv2d(c, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), *head),
+        "avgpool_first": lambda: nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(c, 4, 3, padding=1), nn.ReLU(), *head),
+        "maxpool": lambda: nn.Sequential(nn.Conv2d(c, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), *head),
+        "view": lambda: _ViewNet(c),
+        "residual": lambda: _Residual(c),
+        "sigmoid": lambda: nn.Sequential(nn.Conv2d(c, 4, 3, stride=2, padding=1), nn.Sigmoid(), *head),
+        "tanh": lambda: nn.Sequential(nn.Flatten(), nn.Linear(c * 36, 8), nn.Tanh(), nn.Linear(8, 3)),
+        "normalize_first": lambda: nn.Sequential(Normalize([0.4] * c, [0.3] * c),
+                                                 nn.Conv2d(c, 4, 3, stride=2, padding=1), nn.ReLU(), *head),
+        "relu_first": lambda: nn.Sequential(nn.ReLU(), nn.Conv2d(c, 4, 3, stride=2, padding=1), nn.ReLU(), *head),
+    }
+    return nets[arch]().eval()
+
+
+ARCHS = ["linear", "conv_stride_pad", "conv_nopad", "grouped", "batchnorm", "batchnorm_first", "avgpool",
+         "avgpool_first", "maxpool", "view", "residual", "sigmoid", "tanh", "normalize_first", "relu_first"]
+EPS = {Norm.LINF: (0.01, 0.05, 0.2), Norm.L2: (0.05, 0.2, 1.0), Norm.L1: (0.1, 0.5, 2.0)}
+
+
+def sample_set(x: torch.Tensor, norm: Norm, eps: float, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Points of the input set around one sample x (1, ...): inside, on the boundary and at vertices."""
+    d = x[0].numel()
+    if norm is Norm.LINF:
+        lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+        u = torch.rand((n, *x.shape[1:]), generator=gen)
+        vert = (torch.rand((n, *x.shape[1:]), generator=gen) < 0.5).to(x.dtype)
+        u = torch.cat([u, vert])
+        return lo + u * (hi - lo)
+    g = torch.randn((2 * n, d), generator=gen)
+    if norm is Norm.L2:
+        g = g / g.norm(dim=1, keepdim=True)
+    else:
+        g = torch.sign(g) * torch.distributions.Exponential(1.0).sample((2 * n, d))
+        g = g / g.abs().sum(dim=1, keepdim=True)
+        idx = torch.randint(0, d, (n,), generator=gen)
+        g[:n] = 0.0
+        g[torch.arange(n), idx] = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)  # the vertices
+    scale = torch.ones(2 * n, 1)
+    scale[n + n // 2:] = torch.rand((2 * n - n - n // 2, 1), generator=gen)
+    return x + (g * scale * eps).view(2 * n, *x.shape[1:])
+
+
+def check_sound(arch: str, c: int, seed: int, norm: Norm, method: Method, mode: str, eps: float,
+                n_samples: int, pgd_steps: int) -> str:
+    """Assert every soundness property for one configuration; return "raised" or "ok"."""
+    model = build(arch, c, seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand((2, c, 6, 6), generator=gen)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    engine = BoundEngine(model, x, norm, CertifyOptions(alpha_iterations=5))
+    try:
+        lower, upper = engine.bounds(x, eps, method, mode, None) if method is not Method.CROWN_IBP else (None, None)
+        margin_lb, _ = engine.bounds(x, eps, method, mode, margin_matrix(y, 3))
+    except LIRPA_ERRORS as err:
+        with contextlib.suppress(InvalidArgument):  # outside a hypothesis test there are no events
+            event(f"raised: {arch} {method} {mode} {type(err).__name__}")
+        return "raised"
+    margins = scatter_margins(margin_lb, y, 3)
+    for i in range(x.shape[0]):
+        pts = sample_set(x[i : i + 1], norm, eps, n_samples, gen)
+        with torch.no_grad():
+            out = model(pts)
+        if lower is not None and upper is not None:
+            below = (lower[i] - out).max().item()
+            above = (out - upper[i]).max().item()
+            assert below <= TOL and above <= TOL, (
+                f"{arch} {norm} {method} {mode} eps={eps}: sampled output leaves [lower, upper] by "
+                f"{max(below, above):.3g} (lower ≤ f(x') ≤ upper violated)")
+        sampled_margin = out[:, y[i]].unsqueeze(1) - out
+        gap = margins[i] - sampled_margin
+        gap[:, y[i]] = -math.inf  # no margin against the label itself
+        excess = gap.max().item()
+        assert excess <= TOL, f"{arch} {norm} {method} {mode} eps={eps}: margin bound exceeds a sampled margin by {excess:.3g}"
+    certified = margins.amin(dim=1) > CertifyOptions().margin_tol
+    if certified.any():
+        attack = PGD(norm, steps=pgd_steps, restarts=1, loss="margin", seed=seed)
+        x_adv = attack.perturb(model, x[certified], y[certified], eps)
+        with torch.no_grad():
+            flipped = model(x_adv).argmax(dim=1) != y[certified]
+        assert not flipped.any(), f"{arch} {norm} {method} {mode} eps={eps}: PGD broke a certified point"
+    return "ok"
+
+
+@given(
+    arch=st.sampled_from(ARCHS),
+    c=st.sampled_from([1, 2]),
+    seed=st.integers(0, 10_000),
+    norm=st.sampled_from(list(Norm)),
+    method=st.sampled_from(list(Method)),
+    mode=st.sampled_from(["patches", "matrix"]),
+    eps_index=st.integers(0, 2),
+)
+def test_bounds_are_sound_on_random_networks(arch: str, c: int, seed: int, norm: Norm, method: Method, mode: str,
+                                             eps_index: int) -> None:
+    if method is Method.ALPHA_CROWN and arch in ("maxpool", "sigmoid", "tanh"):
+        method = Method.CROWN  # α-CROWN of auto_LiRPA 0.3 does not handle these; the certifier falls back likewise
+    check_sound(arch, c, seed, norm, method, mode, EPS[norm][eps_index], n_samples=150, pgd_steps=10)
+
+
+@pytest.mark.parametrize("arch", ["relu_first", "avgpool_first", "normalize_first", "batchnorm_first"])
+@pytest.mark.parametrize("norm", [Norm.L2, Norm.L1])
+def test_lp_inputs_through_a_non_affine_first_layer_are_sound(arch: str, norm: Norm) -> None:
+    """The configurations auto_LiRPA 0.3 gets wrong without lipaudit's ℓp input guard, with IBP and CROWN."""
+    for method in (Method.IBP, Method.CROWN):
+        ran = [check_sound(arch, 1, 3, norm, method, mode, EPS[norm][2], n_samples=300, pgd_steps=10)
+               for mode in ("patches", "matrix")]
+        assert "ok" in ran, f"{arch} {norm} {method}: raised in both conv modes"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_sweep(arch: str) -> None:
+    """Every layer type × norm × method × conv mode × ε, with more samples and a longer PGD."""
+    raised = 0
+    for norm in Norm:
+        for method in Method:
+            if method is Method.ALPHA_CROWN and arch in ("maxpool", "sigmoid", "tanh"):
+                continue
+            for mode in ("patches", "matrix"):
+                for eps in EPS[norm]:
+                    raised += check_sound(arch, 2, 7, norm, method, mode, eps, n_samples=600, pgd_steps=40) == "raised"
+    assert raised < 3 * 4 * 2 * 3, f"{arch}: every configuration raised"
+
+
+def test_sampler_stays_in_the_set() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 2, 3, 3)
+    for norm in Norm:
+        pts = sample_set(x, norm, 0.3, 50, gen)
+        dist = torch.linalg.vector_norm((pts - x).flatten(1), ord=norm.p, dim=1)
+        assert dist.max() <= 0.3 + 1e-6 and math.isclose(dist.max().item(), 0.3, rel_tol=1e-5)
