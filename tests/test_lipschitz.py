@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from lipaudit.errors import UnsupportedLayerError
+from lipaudit.errors import UnsupportedLayerError, UsageError
 from lipaudit.lipschitz import (
     ACTIVATION_CONSTANTS,
     GELU_CONSTANT,
@@ -350,3 +350,19 @@ def test_report_to_dict_is_json_ready() -> None:
     assert d["looseness"] == pytest.approx(d["upper_graph"] / d["empirical_lower"])
     assert all(isinstance(v, (float, type(None))) for k, v in d.items() if k not in ("norm", "factors"))
     assert [f["name"] for f in d["factors"]] == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_lipschitz_margin_certificate() -> None:
+    from lipaudit.certify.lipschitz_margin import lipschitz_certify
+
+    model = tiny_cnn(input_size=6).eval()
+    x = torch.rand(6, 1, 6, 6)
+    y = model(x).argmax(1)
+    radius = lipschitz_radius(model, x, y, Norm.L2)
+    eps = float(radius.median())
+    cert = lipschitz_certify(model, x, y, "2", eps)
+    assert cert.certified == tuple(bool(r > eps) for r in radius)
+    assert 0 < cert.num_certified < 6
+    assert cert.to_dict()["radius"] == pytest.approx(radius.tolist())
+    with pytest.raises(UsageError, match="eps"):
+        lipschitz_certify(model, x, y, "2", 0.0)
