@@ -20,6 +20,7 @@ A transposed convolution is the adjoint of the convolution with the same weight,
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -184,6 +185,7 @@ def conv_transpose_geometry(
 # closed forms (zero padding)
 
 
+@functools.lru_cache(maxsize=4096)
 def _linf_closed_form_valid(axis: Axis) -> bool:
     """Some kept output window lies fully inside the unpadded input."""
     return any(axis.left <= u * axis.s and u * axis.s + axis.d * (axis.k - 1) <= axis.left + axis.n - 1
@@ -210,18 +212,26 @@ def _residue_classes(axis: Axis) -> list[tuple[int, ...]]:
     return [tuple(c) for c in classes.values()]
 
 
-def _l1_closed_form_classes(axis: Axis) -> list[tuple[int, ...]] | None:
+@functools.lru_cache(maxsize=4096)
+def _l1_closed_form_classes(axis: Axis) -> tuple[tuple[int, ...], ...] | None:
     """The residue classes if every one is met in full by some input pixel (closed form exact), else ``None``."""
     met = {tuple(sorted(t for group in col for t in group)) for col in _column_tap_sets(axis, "zeros")}
     classes = _residue_classes(axis)
-    return classes if all(c in met for c in classes) else None
+    return tuple(classes) if all(c in met for c in classes) else None
 
 
 def _indicator(groups: Sequence[Sequence[int]], k: int, like: torch.Tensor) -> torch.Tensor:
-    mat = torch.zeros(len(groups), k, dtype=like.dtype, device=like.device)
+    """The 0/1 matrix (groups × k) with row r marking the taps of ``groups[r]`` (cached; do not modify)."""
+    return _indicator_cached(tuple(tuple(g) for g in groups), k, like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=4096)
+def _indicator_cached(groups: tuple[tuple[int, ...], ...], k: int, dtype: torch.dtype, device: torch.device
+                      ) -> torch.Tensor:
+    mat = torch.zeros(len(groups), k, dtype=dtype)
     for row, taps in enumerate(groups):
         mat[row, list(taps)] = 1.0
-    return mat
+    return mat.to(device)
 
 
 def _fold(kernel: torch.Tensor, mats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -247,11 +257,14 @@ def _closed_form(abs_k: torch.Tensor, geom: ConvGeometry, groups: int, which: No
     if which is Norm.LINF:
         if not all(_linf_closed_form_valid(a) for a in geom.axes):
             return None
-        return float(abs_k.flatten(1).sum(1).max())
+        return float(abs_k.reshape(abs_k.shape[0], -1).sum(1).max())
     class_sets = [_l1_closed_form_classes(a) for a in geom.axes]
     if any(c is None for c in class_sets):
         return None
-    per_ci = _grouped(abs_k, groups).sum(1).flatten(0, 1)  # (c_in, *k)
+    # Σ over the output channels of each group as one matrix product (faster than a strided reduction)
+    per_group = abs_k.reshape(groups, abs_k.shape[0] // groups, -1)
+    ones = torch.ones(groups, 1, per_group.shape[1], dtype=abs_k.dtype, device=abs_k.device)
+    per_ci = torch.bmm(ones, per_group).reshape(-1, *abs_k.shape[2:])  # (c_in, *k)
     mats = [_indicator(c, a.k, abs_k) for c, a in zip(class_sets, geom.axes, strict=True) if c is not None]
     return float(_fold(per_ci, mats).max())
 
@@ -336,7 +349,6 @@ def conv_exact_norms(
         >>> norms[Norm.L1].value, norms[Norm.L1].method
         (9.0, 'closed-form')
     """
-    check_finite(weight, "the convolution weight")
     if weight.dim() != len(geom.axes) + 2 or weight.shape[0] % groups:
         raise ShapeError(f"Expected a weight (c_out, c_in/groups, *kernel) for {len(geom.axes)}-d maps but got "
                          f"{tuple(weight.shape)!r} with groups={groups}")
@@ -351,6 +363,8 @@ def conv_exact_norms(
                 value, method = closed, "closed-form"
             else:
                 value, method = _one_conv(abs_k, geom, groups, which), "exact-conv"
+        if not math.isfinite(value):  # a NaN/inf weight makes its abs-sums non-finite: name it (else overflow)
+            check_finite(weight, "the convolution weight")
         out[which.dual if transpose else which] = NormValue(value, method)
     return out
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from lipaudit.errors import ShapeError, UnsupportedLayerError
 from lipaudit.modules import Normalize
-from lipaudit.norms.base import NormValue, SpectralBracket, check_finite, check_input_shape
+from lipaudit.norms.base import NonFiniteWeightError, NormValue, SpectralBracket, check_finite, check_input_shape
 from lipaudit.norms.batchnorm import batchnorm_scale, diagonal_norm, normalize_scale
 from lipaudit.norms.conv import ConvGeometry, conv_exact_norms, conv_geometry, conv_transpose_geometry
 from lipaudit.norms.linear import linear_exact_norms, linear_spectral_bracket
@@ -52,7 +52,6 @@ def _conv_parts(module: nn.Module, shape: Shape, name: str) -> tuple[torch.Tenso
     conv = cast(nn.modules.conv._ConvNd, module)
     nd = len(conv.kernel_size)
     shape = check_input_shape(shape, nd + 1, conv.in_channels, name or type(module).__name__)
-    check_finite(conv.weight, f"{name or type(module).__name__}.weight")
     if conv.transposed:
         if conv.padding_mode != "zeros":
             raise UnsupportedLayerError(f"Expected zero padding for the transposed convolution {name!r} but got "
@@ -67,7 +66,11 @@ def _conv_parts(module: nn.Module, shape: Shape, name: str) -> tuple[torch.Tenso
 
 def _conv_exact(module: nn.Module, shape: Shape, name: str, dtype: torch.dtype | None) -> dict[Norm, NormValue]:
     weight, geom, groups, transposed = _conv_parts(module, shape, name)
-    return conv_exact_norms(weight if dtype is None else weight.to(dtype), geom, groups, transpose=transposed)
+    try:
+        return conv_exact_norms(weight if dtype is None else weight.to(dtype), geom, groups, transpose=transposed)
+    except NonFiniteWeightError:
+        check_finite(weight, f"{name or type(module).__name__}.weight")  # the same error, naming the layer
+        raise
 
 
 def _conv_spectral(module: nn.Module, shape: Shape, name: str, exact: dict[Norm, NormValue], tol: float
@@ -84,8 +87,7 @@ def _linear_exact(module: nn.Module, shape: Shape, name: str, dtype: torch.dtype
     if not shape or shape[-1] != lin.in_features:
         raise ShapeError(f"Expected an input shape ending in {lin.in_features} for {name or 'Linear'} but got "
                          f"{shape!r}")
-    check_finite(lin.weight, f"{name or 'Linear'}.weight")
-    return linear_exact_norms(lin.weight if dtype is None else lin.weight.to(dtype))
+    return linear_exact_norms(lin.weight if dtype is None else lin.weight.to(dtype), f"{name or 'Linear'}.weight")
 
 
 def _linear_spectral(module: nn.Module, shape: Shape, name: str, exact: dict[Norm, NormValue], tol: float
