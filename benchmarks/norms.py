@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lipaudit.graph import trace
-from lipaudit.norms import RULES
+from lipaudit.norms import RULES, Rule
 from lipaudit.norms import spectral as spectral_module
 from lipaudit.zoo import BasicBlock, small_cnn
 
@@ -81,8 +81,8 @@ def exact_table(repeat: int) -> None:
     print(f"{'model':<18}{'params':>10}{'layers':>8}{'sum|W| ms':>11}{'ℓ1+ℓ∞ ms':>10}{'ratio':>7}  methods")
     for name, model in (("ResNet-18", resnet18()), ("WideResNet-28-10", wide_resnet_28_10())):
         model.eval()
-        nodes = [n for n in trace(model, (3, 32, 32)).modules() if type(n.module) in RULES]
-        jobs = [(RULES[type(n.module)], n.module, n.input_shape, n.name) for n in nodes]
+        jobs = [(RULES[type(n.module)], n.module, n.input_shape, n.name)
+                for n in trace(model, (3, 32, 32)).modules() if n.module is not None and type(n.module) in RULES]
         params = list(model.parameters())
 
         def weights_pass(params: list[nn.Parameter] = params) -> float:
@@ -91,7 +91,8 @@ def exact_table(repeat: int) -> None:
 
         methods: dict[str, int] = {}
 
-        def norms_pass(jobs: list = jobs) -> None:  # type: ignore[type-arg]
+        def norms_pass(jobs: list[tuple[Rule, nn.Module, tuple[int, ...], str]] = jobs,
+                       methods: dict[str, int] = methods) -> None:
             with torch.no_grad():
                 for rule, module, shape, layer in jobs:
                     for value in rule.exact(module, shape, layer, None).values():
