@@ -145,7 +145,8 @@ def check_sound(arch: str, c: int, seed: int, norm: Norm, method: Method, mode: 
         gap = margins[i] - sampled_margin
         gap[:, y[i]] = -math.inf  # no margin against the label itself
         excess = gap.max().item()
-        assert excess <= TOL, f"{arch} {norm} {method} {mode} eps={eps}: margin bound exceeds a sampled margin by {excess:.3g}"
+        assert excess <= TOL, (
+            f"{arch} {norm} {method} {mode} eps={eps}: margin lower bound exceeds a sampled margin by {excess:.3g}")
     certified = margins.amin(dim=1) > CertifyOptions().margin_tol
     if certified.any():
         attack = PGD(norm, steps=pgd_steps, restarts=1, loss="margin", seed=seed)

@@ -95,7 +95,7 @@ def lp_guard(method: str = "IBP") -> str:
 
 
 def filters_unchanged() -> str:
-    """Run first in a fresh interpreter: importing auto_LiRPA must not touch warning filters, logging, recursion limit."""
+    """Run first in a fresh interpreter: importing auto_LiRPA leaves warning filters, logging, recursion limit."""
     import logging
     import warnings
 

@@ -99,6 +99,7 @@ class Certifier:
         self.engine = BoundEngine(model, x_example, self.norm, self.options)
         self.fallbacks: list[str] = []
         self.computations = 0
+        self._last_error = ""
         self._batch: int | None = self.options.batch_size
         self._matrix_ok = (
             _resources.dense_matrix_bytes(self.engine.model, x_example, self.num_classes)
@@ -146,7 +147,7 @@ class Certifier:
             if failed and k + 1 < len(self.attempts(method)):
                 nxt = self.attempts(method)[k + 1]
                 self.fallbacks.append(f"{m}[{mode}] failed on {len(failed)} sample(s) "
-                                      f"({outcomes[failed[0]].message}); trying {nxt[0]}[{nxt[1]}]")
+                                      f"({self._last_error}); trying {nxt[0]}[{nxt[1]}]")
             pending = failed
         return outcomes
 
@@ -156,21 +157,26 @@ class Certifier:
     ) -> list[int]:
         failed: list[int] = []
         queue = list(todo)
+        self._last_error = ""
         while queue:
             if self._batch is None:
                 try:
                     self._batch = self._batch_size(x[queue], y[queue], eps, method, mode)
                 except LIRPA_ERRORS as err:
                     self.engine.discard()
+                    self._last_error = _one_line(err)
                     if not _resources.is_out_of_memory(err):
                         for i in queue:
-                            outcomes[i].status, outcomes[i].message = "error", _one_line(err)
+                            outcomes[i].status = "error"
+                            outcomes[i].message = outcomes[i].message or f"{method}[{mode}]: {_one_line(err)}"
                         return queue
                     self._batch = 1
                 except _resources.Deadline as err:
                     self.engine.discard()
+                    self._last_error = _one_line(err)
                     self._batch = 1
-                    outcomes[queue[0]].status, outcomes[queue[0]].message = "timeout", _one_line(err)
+                    outcomes[queue[0]].status = "timeout"
+                    outcomes[queue[0]].message = f"{method}[{mode}]: {_one_line(err)}"
                     failed.append(queue.pop(0))
                     continue
             chunk, rest = queue[: self._batch], queue[self._batch:]
@@ -178,21 +184,25 @@ class Certifier:
                 margins = self._run(x[chunk], y[chunk], eps, method, mode)
             except _resources.Deadline as err:
                 self.engine.discard()
+                self._last_error = _one_line(err)
                 if len(chunk) > 1:
                     self._batch = max(1, len(chunk) // 2)
                     continue
-                outcomes[chunk[0]].status, outcomes[chunk[0]].message = "timeout", _one_line(err)
+                outcomes[chunk[0]].status = "timeout"
+                outcomes[chunk[0]].message = f"{method}[{mode}]: {_one_line(err)}"
                 failed.append(chunk[0])
                 queue = rest
                 continue
             except LIRPA_ERRORS as err:
                 self.engine.discard()
+                self._last_error = _one_line(err)
                 if _resources.is_out_of_memory(err) and len(chunk) > 1:
                     self._batch = max(1, len(chunk) // 2)
                     continue
                 for i in chunk:
                     if outcomes[i].status != "timeout":
-                        outcomes[i].status, outcomes[i].message = "error", _one_line(err)
+                        outcomes[i].status = "error"
+                        outcomes[i].message = outcomes[i].message or f"{method}[{mode}]: {_one_line(err)}"
                 failed.extend(chunk)
                 queue = rest
                 continue

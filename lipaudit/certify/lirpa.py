@@ -15,6 +15,7 @@ import importlib.util
 import io
 import logging
 import math
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from torch import nn
 
 from lipaudit.certify import _compat
 from lipaudit.certify.options import CertifyOptions
-from lipaudit.errors import MissingDependencyError, ShapeError, UsageError
+from lipaudit.errors import MissingDependencyError, ShapeError, UnsupportedLayerError, UsageError
 from lipaudit.modules import Normalize
 from lipaudit.types import Method, Norm
 
@@ -44,8 +45,8 @@ INSTALL_HINT = "pip install --no-deps auto-lirpa==0.3 && pip install packaging a
 
 # What auto_LiRPA raises for a model or option it cannot handle (it uses asserts and bare NotImplementedError).
 LIRPA_ERRORS: tuple[type[Exception], ...] = (
-    RuntimeError, NotImplementedError, AssertionError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-    ZeroDivisionError,
+    UnsupportedLayerError, RuntimeError, NotImplementedError, AssertionError, ValueError, TypeError, KeyError,
+    IndexError, AttributeError, ZeroDivisionError,
 )
 
 _METHOD_NAMES = {Method.IBP: "IBP", Method.CROWN_IBP: "CROWN-IBP", Method.CROWN: "backward",
@@ -63,6 +64,34 @@ def _deep_recursion() -> Iterator[None]:
         yield
     finally:
         sys.setrecursionlimit(previous)
+
+
+_UNSUPPORTED = re.compile(r"Name: (\S+?),(?:.*'operator': '([^']+)')?")
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[list[str]]:
+    """Collect what auto_LiRPA logs or prints during one call (library code does not print), hide its warnings."""
+    logger = logging.getLogger("auto_LiRPA")
+    handler, propagate = _ListHandler(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def load_auto_lirpa() -> ModuleType:
@@ -204,11 +233,18 @@ class BoundEngine:
             if alpha:
                 opts.update(_compat.alpha_bound_opts())
                 opts["optimize_bound_args"] = {"iteration": self.options.alpha_iterations}
-            with _deep_recursion(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._bounded[key] = self.lirpa.BoundedModule(
-                    self.model, self._example, bound_opts=opts, device=self._example.device
-                )
+            with _deep_recursion(), _quiet() as log:
+                try:
+                    self._bounded[key] = self.lirpa.BoundedModule(
+                        self.model, self._example, bound_opts=opts, device=self._example.device
+                    )
+                except NotImplementedError as err:
+                    ops = sorted({m.group(2) or m.group(1) for m in _UNSUPPORTED.finditer("\n".join(log))})
+                    if not ops:
+                        raise
+                    raise UnsupportedLayerError(
+                        f"auto_LiRPA has no bound for the operation(s) {', '.join(ops)} in this model"
+                    ) from err
         return self._bounded[key]
 
     def discard(self) -> None:
@@ -230,9 +266,8 @@ class BoundEngine:
         alpha = method is Method.ALPHA_CROWN
         bounded = self._module(conv_mode, alpha)
         grad = torch.enable_grad() if alpha else torch.no_grad()
-        with grad, _deep_recursion(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            # auto_LiRPA computes the ℓ1 dual exponent as 1 / (1 - 1/1) (numpy: inf with a RuntimeWarning).
-            warnings.simplefilter("ignore")
+        # _quiet also hides numpy's RuntimeWarning from auto_LiRPA's ℓ1 dual exponent 1 / (1 - 1/1) = inf.
+        with grad, _deep_recursion(), _quiet():
             bx = self.lirpa.BoundedTensor(x, self.perturbation(x, eps))
             lower, upper = bounded.compute_bounds(
                 x=(bx,), C=c, method=_METHOD_NAMES[method], bound_upper=c is None or method is Method.IBP
