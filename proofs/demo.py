@@ -79,7 +79,8 @@ class RobustDemo:
         return {
             "dataset": self.dataset, "norm": str(self.norm), "eps": self.eps, "n": self.n,
             "separation": self.separation.to_dict(), "hidden": list(self.hidden), "margin_ibp": self.margin_ibp,
-            "lirpa": self.lirpa, "spike": [r.to_dict() for r in self.spike], "claims": [c.to_dict() for c in self.claims],
+            "lirpa": self.lirpa, "spike": [r.to_dict() for r in self.spike],
+            "claims": [c.to_dict() for c in self.claims],
         }
 
 
@@ -132,7 +133,9 @@ class ProofsResult:
         }
 
 
-def synthetic_2d(n: int = 150, num_classes: int = 3, gap: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_2d(
+    n: int = 150, num_classes: int = 3, gap: float = 0.1, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Points in [0, 1]² labelled by the nearest of ``num_classes`` random centres, keeping only points at least
     ``gap/2`` from every Voronoi boundary, so classes are ≥ ``gap`` apart in ℓ2 (≥ gap/√2 in ℓ∞).
 
@@ -182,14 +185,12 @@ def robust_demo(
                         margin_ibp >= 1 - _TOL, f"{int((ibp > 0).sum())}/{n} certified, min margin {margin_ibp:.6f}"))
     prog("prove", 1, 4)
     lirpa_note = "not run"
-    lirpa_frac = None
     if opts.lirpa and norm is Norm.LINF:
         got = lirpa_margins(net, x, y, norm, eps, Method.IBP)
         if got is None:
             lirpa_note = "auto_LiRPA not available"
         else:
             m, used = got
-            lirpa_frac = float((m > 0).double().mean())
             lirpa_note = f"{int((m > 0).sum())}/{n} certified by auto_LiRPA {used}, min margin {float(m.min()):.6f}"
             claims.append(Claim(f"{name}/{norm}/certified-lirpa", "every ε-ball certified by auto_LiRPA",
                                 bool((m > 0).all()), lirpa_note))

@@ -98,7 +98,8 @@ def rescale_demo(
             rel = float((res.model(x) - ref).abs().max()) / scale
         m, _ = _margins(res.model, x, y, norm, eps, method)
         finite = torch.isfinite(base_m) & torch.isfinite(m)
-        change = float(((m - base_m).abs()[finite] / base_m.abs()[finite].clamp_min(1e-3)).max()) if finite.any() else 0.0
+        rel_change = (m - base_m).abs()[finite] / base_m.abs()[finite].clamp_min(1e-3)
+        change = float(rel_change.max()) if finite.any() else 0.0
         att = attack_successes(res.model, x, y, norm, eps, steps=attack_steps)
         prod = product_of_norms(res.model, shape, norm)
         rows.append(RescaleRow(f, res.factor, res.lam, rel, prod, int((m > 0).sum()), change,
@@ -124,8 +125,10 @@ def rescale_demo(
     return RescaleDemo(name, pair, norm, float(eps), int(x.shape[0]), used, tuple(rows), claims)
 
 
-def rescale_demos(opts: ProofOptions, demos: Sequence[RobustDemo],
-                  mnist: tuple[torch.Tensor, torch.Tensor] | None, progress: Progress | None = None) -> list[RescaleDemo]:
+def rescale_demos(
+    opts: ProofOptions, demos: Sequence[RobustDemo], mnist: tuple[torch.Tensor, torch.Tensor] | None,
+    progress: Progress | None = None,
+) -> list[RescaleDemo]:
     """The constructed network (first ℓ∞ demo), a seeded zoo CNN on MNIST-shaped inputs, and the user model."""
     from lipaudit import zoo
     from proofs.robust_net import build_robust_network

@@ -45,7 +45,6 @@ def spike_1d() -> list[SymbolicCheck]:
         True
     """
     eps, g, a = sp.symbols("epsilon g A", positive=True)
-    x = sp.Symbol("x", real=True)
     s = 2 * eps + g  # separation of the two points 0 (class 0) and s (class 1)
     beta = g / 4
     r = s / 2 - eps
