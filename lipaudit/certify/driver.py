@@ -208,7 +208,8 @@ class Certifier:
                 continue
             for i, margin in zip(chunk, margins.tolist(), strict=True):
                 o = outcomes[i]
-                o.margin, o.used = float(margin), f"{method}[{mode}]"
+                o.margin = float(margin) if math.isfinite(margin) else None  # JSON has no inf / nan
+                o.used = f"{method}[{mode}]"
                 ok = math.isfinite(margin) and margin > self.options.margin_tol
                 if o.status != "timeout" or ok:
                     o.status, o.message = ("certified" if ok else "not-certified"), o.message if not ok else None

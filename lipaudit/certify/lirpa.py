@@ -35,6 +35,7 @@ __all__ = [
     "INSTALL_HINT",
     "LIRPA_ERRORS",
     "BoundEngine",
+    "eval_forward",
     "load_auto_lirpa",
     "margin_bounds",
     "output_bounds",
@@ -130,6 +131,17 @@ def _no_filter_change(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def eval_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` in eval mode without gradients, leaving every module's train/eval flag as it was."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            return model.eval()(x)  # type: ignore[no-any-return]
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
 def validate_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> int:
     """Check shapes, labels and ε; return the number of classes ``K``."""
     if eps is not None and not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
@@ -138,8 +150,7 @@ def validate_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
         raise ShapeError(f"Expected a float tensor (N, ...) of inputs but got {getattr(x, 'shape', x)!r}")
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
         raise ShapeError(f"Expected integer labels of shape ({x.shape[0]},) but got {getattr(y, 'shape', y)!r}")
-    with torch.no_grad():
-        out = model.eval()(x[:1])
+    out = eval_forward(model, x[:1])
     if out.dim() != 2 or out.shape[1] < 2:
         raise ShapeError(f"Expected the model to return logits (N, K ≥ 2) but got shape {tuple(out.shape)!r}")
     k = int(out.shape[1])

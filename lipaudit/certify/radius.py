@@ -20,7 +20,7 @@ from torch import nn
 
 from lipaudit._progress import Progress
 from lipaudit.certify.driver import Certifier
-from lipaudit.certify.lirpa import validate_inputs
+from lipaudit.certify.lirpa import eval_forward, validate_inputs
 from lipaudit.certify.options import CertifyOptions
 from lipaudit.errors import UsageError
 from lipaudit.types import Method, Norm
@@ -126,8 +126,7 @@ def certified_radius(
         raise UsageError(f"Expected max_radius > 0 but got {max_radius!r}")
     start = time.perf_counter()
     certifier = Certifier(model, x[:1], norm, options)
-    with torch.no_grad():
-        predicted = model.eval()(x).argmax(dim=1)
+    predicted = eval_forward(model, x).argmax(dim=1)
     radius: list[float | None] = []
     upper_out: list[float | None] = []
     counts: list[int] = []
