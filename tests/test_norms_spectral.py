@@ -15,7 +15,7 @@ from torch import nn
 from lipaudit.norms import gram_upper, l2_bracket, operator_norm
 from lipaudit.norms import spectral as spectral_module
 from lipaudit.norms.conv import conv_geometry
-from lipaudit.norms.spectral import conv_fft_upper, power_lower
+from lipaudit.norms.spectral import conv_fft_upper, lanczos_lower, power_lower
 from tests.reference import dense_matrix
 from tests.strategies import ConvCase, conv_cases, conv_transpose_cases, fill_weights
 
@@ -86,6 +86,39 @@ def test_circular_fft_is_exact(stride: int | tuple[int, int], size: int | tuple[
     assert made is not None and made[1], "expected the exact circular path"
     sigma = _sigma(ConvCase(conv, (3, *hw)))
     assert made[0] == pytest.approx(sigma, rel=1e-7) and made[0] >= sigma
+
+
+@given(conv_cases(modes=("zeros", "circular"), max_extra=4))
+def test_fft_bound_by_eigensolver_and_by_gram_iteration_both_bound_svd(case: ConvCase) -> None:
+    conv = case.module
+    assert isinstance(conv, nn.Conv2d)
+    padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+    geom = conv_geometry(conv.kernel_size, case.input_shape[1:], conv.stride, padding, conv.dilation,
+                         conv.padding_mode)
+    sigma = _sigma(case)
+    by_eigh = conv_fft_upper(_weight(conv), geom, conv.groups)
+    by_gram = conv_fft_upper(_weight(conv), geom, conv.groups, gram=True, tol=1e-8)
+    if by_eigh is None or by_gram is None:
+        assert by_eigh is None and by_gram is None
+        return
+    assert by_eigh[0] >= sigma * (1 - 1e-12) and by_gram[0] >= sigma * (1 - 1e-12)
+    assert by_gram[0] == pytest.approx(by_eigh[0], rel=1e-6)
+    if by_eigh[1]:
+        assert by_eigh[0] == pytest.approx(sigma, rel=1e-8)
+
+
+def test_lanczos_reaches_the_norm_from_below() -> None:
+    conv = fill_weights(nn.Conv2d(3, 3, 3, padding=1, bias=False), 2)
+    from lipaudit.norms.conv import conv_forward
+
+    geom = conv_geometry((3, 3), (9, 9), 1, 1, 1)
+    w = _weight(conv).detach()
+    sigma = _sigma(ConvCase(conv, (3, 9, 9)))
+    for steps in (3, 60):
+        lower, _ = lanczos_lower(lambda x: conv_forward(x, w, geom), (3, 9, 9), dtype=torch.float64,
+                                 device=w.device, steps=steps, max_iter=steps, tol=0.0)
+        assert lower <= sigma * (1 + 1e-12)
+    assert lower == pytest.approx(sigma, rel=1e-9)
 
 
 def test_zero_padding_fft_bound_is_an_upper_bound_not_the_norm() -> None:
