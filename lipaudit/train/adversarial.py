@@ -7,7 +7,8 @@ are restored afterwards); the training loss is then computed with the model in t
 separate forward passes on the clean and on the adversarial batch, as in the reference implementations.
 
 - PGD-AT (Madry et al. 2018, arXiv 1706.06083): ``CE(f(x'), y)`` with ``x'`` from :class:`lipaudit.attacks.PGD`
-  on the cross-entropy.
+  on the cross-entropy (random start; per sample it keeps a misclassified iterate once it meets one, otherwise the
+  iterate of largest loss).
 - TRADES (Zhang et al. 2019, arXiv 1901.08573): ``CE(f(x), y) + β·KL(p(x) ‖ p(x'))`` with ``x'`` maximising the KL
   term from a small random start (:func:`trades_attack`); the paper reproduced here used β = 1, TRADES's own
   default is 6.
