@@ -26,6 +26,7 @@ _COMMANDS: dict[str, str] = {
     "compare": "lipaudit.cli.compare:compare",
     "demo": "lipaudit.cli.demo:demo",
     "norms": "lipaudit.cli.norms:norms",
+    "prove": "lipaudit.cli.prove:prove",
     "report": "lipaudit.cli.report:report",
     "reproduce": "lipaudit.cli.reproduce:reproduce",
     "train": "lipaudit.cli.train:train",
