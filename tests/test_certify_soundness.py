@@ -19,6 +19,7 @@ from hypothesis.errors import InvalidArgument
 from torch import nn
 
 from lipaudit.attacks import PGD
+from lipaudit.certify import _compat
 from lipaudit.certify.lirpa import LIRPA_ERRORS, BoundEngine, margin_matrix, scatter_margins
 from lipaudit.certify.options import CertifyOptions
 from lipaudit.modules import Normalize
@@ -181,6 +182,16 @@ def test_lp_inputs_through_a_non_affine_first_layer_are_sound(arch: str, norm: N
         ran = [check_sound(arch, 1, 3, norm, method, mode, EPS[norm][2], n_samples=300, pgd_steps=10)
                for mode in ("patches", "matrix")]
         assert "ok" in ran, f"{arch} {norm} {method}: raised in both conv modes"
+
+
+@pytest.mark.parametrize("norm", [Norm.L2, Norm.L1])
+def test_grouped_convolution_is_kept_out_of_patches_mode(norm: Norm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto_LiRPA 0.3's patches mode gives wrong CROWN bounds through a grouped convolution; lipaudit uses matrix."""
+    eps = EPS[norm][1]
+    assert check_sound("grouped", 2, 7, norm, Method.CROWN, "patches", eps, n_samples=400, pgd_steps=5) == "ok"
+    monkeypatch.setenv(_compat.DISABLE_ENV, "grouped_conv_patches")
+    with pytest.raises(AssertionError, match="violated"):
+        check_sound("grouped", 2, 7, norm, Method.CROWN, "patches", eps, n_samples=400, pgd_steps=5)
 
 
 @pytest.mark.slow

@@ -18,6 +18,9 @@ about how a model is presented rather than about auto_LiRPA's code:
   stability decisions from IBP) can claim certificates that attacks break. lipaudit prepends an exact identity map
   (a 1×1 convolution with identity weight, or an identity ``Linear``) so that the first operation is affine; its
   ℓp interval rule returns the sound box ``[x − ε, x + ε]``. :func:`lp_input_guard_needed` runs the reproducer.
+* ``grouped_conv_patches`` (soundness): in patches mode, CROWN and α-CROWN bounds through a grouped convolution
+  (``groups > 1``) that is not the first layer are wrong: outputs sampled in an ℓ2 / ℓ1 ball leave them by up to
+  0.02 on a 2-channel network (matrix mode is right). lipaudit bounds such models in matrix mode only.
 * ``sparse_features_alpha``: in ``operators/activation.py`` (``BoundRelu.init_opt_parameters``) the line
   ``self.alpha_indices = None`` sits inside ``if verbosity > 0:``, so α-CROWN crashes with "shape mismatch" once
   more than 90 % of a ReLU layer is unstable. :func:`alpha_bound_opts` turns the documented option
@@ -47,6 +50,7 @@ __all__ = [
     "alpha_bound_opts",
     "apply_fixes",
     "disabled",
+    "grouped_conv_patches_needed",
     "lp_input_guard_needed",
     "sparse_alpha_bug_present",
 ]
@@ -300,6 +304,14 @@ def _lp_input_bug_present() -> bool:
     with torch.no_grad():
         lower, upper = bounded.compute_bounds(x=(lirpa.BoundedTensor(x, ptb),), method="IBP")
     return bool((upper - lower).abs().max() <= 0.0)
+
+
+def grouped_conv_patches_needed() -> bool:
+    """Whether grouped convolutions must be kept out of patches mode (see the module docstring).
+
+    No version of auto_LiRPA is known to have this right, so it is on unless disabled.
+    """
+    return "grouped_conv_patches" not in disabled()
 
 
 def lp_input_guard_needed() -> bool:

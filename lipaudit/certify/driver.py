@@ -101,6 +101,9 @@ class Certifier:
         self.computations = 0
         self._last_error = ""
         self._batch: int | None = self.options.batch_size
+        self.notes: list[str] = []
+        if self.engine.patches_unsound:
+            self.notes.append("patches mode skipped: grouped convolution (auto_LiRPA's patches mode is unsound)")
         self._matrix_ok = (
             _resources.dense_matrix_bytes(self.engine.model, x_example, self.num_classes)
             < self.options.memory_budget_bytes / 2
@@ -110,7 +113,9 @@ class Certifier:
         """(method, conv mode) pairs to try in order: the requested one, other mode, then cheaper methods."""
         mode = self.options.conv_mode
         modes = ["patches", "matrix"] if mode == "auto" else [mode]
-        if mode == "auto" and not self._matrix_ok:
+        if self.engine.patches_unsound:
+            modes = ["matrix"]  # soundness first, whatever the memory estimate says
+        elif mode == "auto" and not self._matrix_ok:
             modes = ["patches"]
         if not self.options.fallback:
             return [(method, modes[0])]
@@ -229,7 +234,7 @@ class Certifier:
             norm=self.norm, eps=float(eps), method=method,
             status=tuple(o.status or "error" for o in outcomes),
             margin_lower=tuple(o.margin for o in outcomes), method_used=tuple(o.used for o in outcomes),
-            message=tuple(o.message for o in outcomes), fallbacks=tuple(self.fallbacks[n_fallbacks:]),
+            message=tuple(o.message for o in outcomes), fallbacks=tuple(self.notes + self.fallbacks[n_fallbacks:]),
             batch_size=self._batch or 1, time_s=time.perf_counter() - start,
         )
 

@@ -136,7 +136,7 @@ def eval_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     flags = [(m, m.training) for m in model.modules()]
     try:
         with torch.no_grad():
-            return model.eval()(x)  # type: ignore[no-any-return]
+            return model.eval()(x)
     finally:
         for module, flag in flags:
             module.training = flag
@@ -237,7 +237,16 @@ class BoundEngine:
         self._example = torch.zeros_like(x_example[:1])
         self._bounded: dict[tuple[str, bool], Any] = {}
 
+    @property
+    def patches_unsound(self) -> bool:
+        """Whether patches mode must not be used for this model (see ``grouped_conv_patches`` in ``_compat``)."""
+        return _compat.grouped_conv_patches_needed() and any(
+            isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.groups > 1 for m in self.model.modules()
+        )
+
     def _module(self, conv_mode: str, alpha: bool) -> Any:
+        if conv_mode == "patches" and self.patches_unsound:
+            conv_mode = "matrix"
         key = (conv_mode, alpha)
         if key not in self._bounded:
             opts: dict[str, Any] = {"conv_mode": conv_mode}
