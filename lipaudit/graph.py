@@ -351,10 +351,12 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Graph:
     shape = _check_shape(input_shape)
     if not isinstance(model, nn.Module):
         raise UsageError(f"Expected a torch.nn.Module but got {type(model).__name__}")
+    from lipaudit.exported import from_aten, from_torchscript, is_aten_graph
+
     if isinstance(model, torch.jit.ScriptModule):
-        raise _unsupported(
-            "TorchScript module: lipaudit cannot see inside it; load the state_dict with --arch instead, or use a "
-            "torch.export program (.pt2)")
+        model = from_torchscript(model, _example_input(model, shape).expand(2, *shape).clone())
+    elif is_aten_graph(model):
+        model = from_aten(model)  # type: ignore[arg-type]
     with _eval_mode(model):
         if isinstance(model, supported_modules()):  # a single layer: fx would trace through its forward
             x = _example_input(model, shape)

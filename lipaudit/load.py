@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lipaudit.errors import ModelLoadError, UnsafePickleError, UsageError
+from lipaudit.errors import ModelLoadError, UnsafePickleError, UnsupportedLayerError, UsageError
+from lipaudit.exported import from_aten
 from lipaudit.modules import Normalize
 
 __all__ = ["LoadedModel", "build_arch", "load_model", "parse_input_shape", "wrap_module"]
@@ -321,6 +322,8 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, unsafe_
             module, fmt = torch.export.load(str(p)).module(), "export"
         except (RuntimeError, KeyError, ValueError) as err:
             raise ModelLoadError(f"Corrupt torch.export program {str(path)!r}: {err}") from err
+        with contextlib.suppress(UnsupportedLayerError):  # keep the ATen graph when it has ops without rules
+            module = from_aten(module)  # real layers, any batch size
     else:
         obj = _torch_load(p, dev, unsafe_pickle)
         if isinstance(obj, nn.Module):

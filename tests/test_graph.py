@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from lipaudit.errors import ShapeError, UnsupportedLayerError, UsageError
 from lipaudit.graph import Graph, trace
@@ -165,10 +165,52 @@ def test_bad_input_shape(bad: object) -> None:
         trace(mlp(in_features=4), bad)  # type: ignore[arg-type]
 
 
-def test_torchscript_is_rejected_clearly() -> None:
-    scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 2)))
-    with pytest.raises(UnsupportedLayerError, match="TorchScript"):
-        trace(scripted, (3,))
+def _bn_stats(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.uniform_(-1.0, 1.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize(("model", "shape"), [
+    (nn.Sequential(Normalize([0.5], [0.2]), small_resnet(width=2)), (1, 8, 8)),
+    (nn.Sequential(Normalize([0.5, 0.4], [0.2, 0.3]), Functional()), (2, 6, 6)),
+    (mlp(in_features=16, hidden=(5,)), (1, 4, 4)),
+], ids=["resnet", "functional", "mlp"])
+def test_exported_program_becomes_module_graph(model: nn.Module, shape: tuple[int, ...]) -> None:
+    model = _bn_stats(model)
+    program = torch.export.export(model, (torch.rand(2, *shape),))
+    graph = trace(program.module(), shape)
+    assert all(not isinstance(n.module, fx.GraphModule) for n in graph.modules())
+    x = torch.rand(3, *shape)  # another batch size than at export time
+    with torch.no_grad():
+        torch.testing.assert_close(replay(graph, x), model(x))
+    names = [n.name for n in graph.modules()]
+    assert sum(isinstance(n.module, Normalize) for n in graph.modules()) == (0 if "0" not in names else 1)
+    if "resnet" in str(type(model[-1])).lower() or isinstance(model[-1], nn.Sequential):
+        assert "1.3.conv1" in names and "1.8" in names  # module paths recorded at export time
+
+
+def test_torchscript_is_converted_or_rejected_clearly() -> None:
+    model = _bn_stats(nn.Sequential(Normalize([0.5], [0.2]), small_resnet(width=2)))
+    traced = torch.jit.trace(model, torch.rand(2, 1, 8, 8))
+    graph = trace(traced, (1, 8, 8))
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(replay(graph, x), model(x))
+    scripted_model = tiny_cnn(input_size=8).eval()
+    graph = trace(torch.jit.script(scripted_model), (1, 8, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(replay(graph, x), scripted_model(x))
+
+    class Sine(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sin(x)
+
+    with pytest.raises(UnsupportedLayerError, match="sin"):
+        trace(torch.jit.script(Sine()), (3,))
 
 
 def _hooks(model: nn.Module) -> int:

@@ -73,6 +73,8 @@ def test_export_round_trip(tmp_path: Path, model: nn.Module, x: torch.Tensor) ->
     loaded = load_model(path)
     assert loaded.format == "export"
     same_function(loaded.module, model, x)
+    same_function(loaded.module, model, torch.rand(5, 1, 28, 28))  # rebuilt as layers: any batch size works
+    assert any(isinstance(m, nn.Conv2d) for m in loaded.module.modules())
 
 
 def test_checkpoint_uses_embedded_zoo_arch_and_normalisation(tmp_path: Path, x: torch.Tensor) -> None:
