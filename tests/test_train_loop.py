@@ -162,3 +162,17 @@ def test_cli_rejects_one_class_data(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, _, err = _cli(["train", "--data", str(npz), "--arch", "lipaudit.zoo:tiny_cnn", "-o",
                          str(tmp_path / "m.pt")], capsys)
     assert code != 0 and "at least 2 classes" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_train_then_check_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.pt"
+    code, _, err = _cli(["train", "--data", "digits", "--arch", "lipaudit.zoo:tiny_cnn", "--epochs", "1",
+                         "--n-train", "200", "--mean", "0.5", "--std", "0.5", "--no-progress", "-o", str(model)],
+                        capsys)
+    assert code == 0, err
+    html, js = tmp_path / "r.html", tmp_path / "r.json"
+    code, _, err = _cli(["check", str(model), "--data", "digits", "--n", "10", "--eps", "0.01", "--methods", "ibp",
+                         "--no-radius", "--no-progress", "-o", str(html), "--json", str(js)], capsys)
+    assert code == 0, err
+    assert html.is_file() and "tiny_cnn" in js.read_text()
