@@ -1,0 +1,109 @@
+"""Lower bounds on Lipschitz constants from gradients and finite differences at given points.
+
+Any ratio ‖f(a) − f(b)‖_p / ‖a − b‖_p, and the Jacobian's operator norm ‖J(x)‖_{p→p} at any point, is a lower bound
+on the ℓp→ℓp Lipschitz constant of f; ‖∇(f_y − f_j)(x)‖_q (q the dual exponent) is one on that of the margin
+f_y − f_j. Compared with the upper bounds of :mod:`lipaudit.lipschitz`, they show how loose those are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lipaudit.errors import UsageError
+from lipaudit.types import Norm
+
+__all__ = ["empirical_lipschitz", "margin_lower"]
+
+
+def _margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N, K) margins f_y − f_j (0 on j = y)."""
+    return logits.gather(1, y[:, None]) - logits
+
+
+def _input_grads(model: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    """Jacobians (N, K, d) of the logits with respect to the inputs (one backward pass per class)."""
+    xg = x.detach().clone().requires_grad_(True)
+    logits = model(xg)
+    rows = []
+    for i in range(k):
+        (g,) = torch.autograd.grad(logits[:, i].sum(), xg, retain_graph=i < k - 1)
+        rows.append(g.reshape(x.shape[0], -1))
+    return torch.stack(rows, dim=1).double()
+
+
+def _jacobian_norm(jac: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """‖J‖_{p→p} for each (K, d) Jacobian in the batch."""
+    if norm is Norm.LINF:
+        return jac.abs().sum(2).amax(1)
+    if norm is Norm.L1:
+        return jac.abs().sum(1).amax(1)
+    return torch.linalg.matrix_norm(jac, ord=2)
+
+
+def _steepest(g: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """A unit-ℓp direction v maximising ⟨g, v⟩ (rows of g flattened)."""
+    if norm is Norm.LINF:
+        return torch.sign(g)
+    if norm is Norm.L2:
+        return g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    v = torch.zeros_like(g)
+    idx = g.abs().argmax(1, keepdim=True)
+    return v.scatter_(1, idx, g.gather(1, idx).sign())
+
+
+def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.dim() < 2 or x.shape[0] == 0 or y.shape != (x.shape[0],):
+        raise UsageError(f"Expected x (N, ...) with N ≥ 1 and y (N,) but got {tuple(x.shape)}, {tuple(y.shape)}")
+
+
+def _lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, *, steps: float = 1e-3,
+                  directions: int = 4) -> tuple[float, float]:
+    """(lower bound on L(f) in ℓp→ℓp, lower bound on max_j L(f_y − f_j)) from gradients and finite differences."""
+    _check_xy(x, y)
+    with torch.no_grad():
+        logits = model(x)
+    k = logits.shape[1]
+    jac = _input_grads(model, x, k)  # (N, K, d)
+    y64 = y.to(jac.device)
+    margin_grads = jac[torch.arange(len(y64)), y64][:, None, :] - jac  # (N, K, d): ∇(f_y − f_j)
+    q = norm.dual.p
+    margin_low = float(torch.linalg.vector_norm(margin_grads, ord=q, dim=2).max())
+    net_low = float(_jacobian_norm(jac, norm).max())
+    # ‖∇(f_i − f_j)‖_q ≤ ‖e_i − e_j‖_q · L(f)
+    net_low = max(net_low, margin_low / (2.0 ** (1.0 / q) if q != math.inf else 1.0))
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    worst_j = torch.linalg.vector_norm(margin_grads, ord=q, dim=2).argmax(1)
+    dirs = [_steepest(margin_grads[torch.arange(n), worst_j].to(x.dtype), norm)]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for _ in range(directions):
+        r = torch.randn(flat.shape, generator=gen, dtype=torch.float64).to(flat)
+        dirs.append(r / torch.linalg.vector_norm(r, ord=norm.p, dim=1, keepdim=True))
+    with torch.no_grad():
+        for v in dirs:
+            delta = steps * v
+            dn = torch.linalg.vector_norm(delta.double(), ord=norm.p, dim=1)
+            f1 = model((flat + delta).reshape_as(x)).double()
+            diff = f1 - logits.double()
+            ok = dn > 0
+            if not bool(ok.any()):  # a zero gradient gives no direction
+                continue
+            net_low = max(net_low, float((torch.linalg.vector_norm(diff, ord=norm.p, dim=1)[ok] / dn[ok]).max()))
+            md = _margins(f1, y64) - _margins(logits.double(), y64)
+            margin_low = max(margin_low, float((md.abs().amax(1)[ok] / dn[ok]).max()))
+    return net_low, margin_low
+
+
+def empirical_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm | str | float) -> float:
+    """A lower bound on the ℓp→ℓp Lipschitz constant of ``model``: the largest Jacobian norm ‖J(x)‖_{p→p} at the
+    given points, and finite-difference ratios ‖f(x+δ) − f(x)‖_p / ‖δ‖_p along margin-gradient and random
+    directions (‖δ‖_p = 1e-3)."""
+    return _lower_bounds(model, x, y, Norm.parse(norm))[0]
+
+
+def margin_lower(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm | str | float) -> float:
+    """A lower bound on max_j L(f_y − f_j): the largest ‖∇(f_y − f_j)(x)‖_q and finite-difference ratios."""
+    return _lower_bounds(model, x, y, Norm.parse(norm))[1]
