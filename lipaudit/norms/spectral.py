@@ -44,8 +44,10 @@ __all__ = [
     "spectral_bracket",
 ]
 
-#: Largest dense matrix (entries) for which the exact SVD path is used.
-DENSE_LIMIT = 2**20
+#: Largest dense matrix (entries) for which the exact dense path is used ...
+DENSE_LIMIT = 2**23
+#: ... and largest smaller side (the Gram matrix whose top eigenvalue is σ_max² has this size).
+DENSE_SIDE_LIMIT = 2048
 #: Largest number of complex entries of Fourier blocks held at once.
 _CHUNK_ENTRIES = 2**23
 
@@ -279,7 +281,7 @@ def lanczos_lower(
         y = y / torch.linalg.vector_norm(y).clamp_min(tiny)
         with torch.no_grad():
             value = float(torch.linalg.vector_norm(apply(y.reshape(shape))))
-        gained = value > best * (1.0 + 1e-12)
+        gained = value > best * (1.0 + 1e-3 * tol)
         if value > best:
             best, best_vec = value, y
         v = y
@@ -300,24 +302,40 @@ def spectral_bracket(
     max_iter: int = 500,
     init: torch.Tensor | None = None,
 ) -> SpectralBracket:
-    """Combine upper-bound candidates with the dense SVD (small maps) and a power-iteration lower bound.
+    """Combine upper-bound candidates with a Lanczos lower bound, and with the exact dense path where the bracket
+    is wider than ``tol`` and the dense matrix is affordable (:data:`DENSE_LIMIT`, :data:`DENSE_SIDE_LIMIT`).
 
     Args:
         apply: the linear map on batches (no bias).
         in_shape: per-sample input shape.
         out_numel: number of outputs per sample.
         candidates: valid upper bounds already known, with their method names.
-        tol: target relative width; power iteration stops once reached.
+        tol: target relative width; the iteration stops once reached.
+        max_iter: applications of ``MᵀM`` at most.
+        init: a start vector for the iteration.
     """
-    uppers = list(candidates)
-    if math.prod(in_shape) * out_numel <= DENSE_LIMIT:
-        mat = dense_operator(apply, in_shape, dtype=torch.float64, device=device)
-        _, s, vh = torch.linalg.svd(mat, full_matrices=False)
-        uppers.append((safe_upper(float(s[0])) if s.numel() else 0.0, "svd"))
-        init = vh[0].reshape(in_shape) if s.numel() else None
-    upper, method = min(uppers, key=lambda c: c[0])
+    upper, method = min(candidates, key=lambda c: c[0]) if candidates else (math.inf, "none")
     lower, _ = lanczos_lower(apply, in_shape, dtype=dtype, device=device, upper=upper, tol=tol, max_iter=max_iter,
                              init=init)
+    n_in = math.prod(in_shape)
+    wide = not lower * (1.0 + tol) >= upper
+    if wide and n_in * out_numel <= DENSE_LIMIT and min(n_in, out_numel) <= DENSE_SIDE_LIMIT:
+        mat = dense_operator(apply, in_shape, dtype=torch.float64, device=device)
+        # σ_max² is the top eigenvalue of the smaller Gram matrix (backward-stable Hermitian eigensolver)
+        if out_numel >= n_in:
+            evals, evecs = torch.linalg.eigh(mat.T @ mat)
+            top = evecs[:, -1]
+        else:
+            evals, evecs = torch.linalg.eigh(mat @ mat.T)
+            top = mat.T @ evecs[:, -1]
+        dense_upper = safe_upper(math.sqrt(max(float(evals[-1]), 0.0)))
+        if dense_upper < upper:
+            upper, method = dense_upper, "svd"
+        with torch.no_grad():
+            norm_top = float(torch.linalg.vector_norm(top))
+            if norm_top > 0:
+                lower = max(lower, float(torch.linalg.vector_norm(apply(top.reshape(1, *in_shape).to(dtype))))
+                            / norm_top)
     return SpectralBracket(min(lower, upper), max(upper, lower), method)
 
 
