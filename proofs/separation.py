@@ -60,12 +60,12 @@ class Separation:
         }
 
 
-def _check(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _check(x: torch.Tensor, y: torch.Tensor, *, two_classes: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     if x.dim() < 2 or x.shape[0] != y.shape[0] or y.dim() != 1:
         raise UsageError(
             f"Expected x of shape (N, ...) and y of shape (N,) but got {tuple(x.shape)!r} and {tuple(y.shape)!r}"
         )
-    if x.shape[0] < 2 or torch.unique(y).numel() < 2:
+    if two_classes and (x.shape[0] < 2 or torch.unique(y).numel() < 2):
         raise DataError(f"Expected at least two classes to measure a separation but got labels {y.unique().tolist()!r}")
     if not torch.isfinite(x).all():
         raise DataError("Expected finite coordinates but the data holds NaN or inf")
@@ -98,11 +98,11 @@ def nearest_other_class(
         ([1.0, 1.0, 3.0], [1, 0, 0])
     """
     norm = Norm.parse(norm)
-    xf, yf = _check(x, y)
+    xf, yf = _check(x, y, two_classes=reference is None)
     if reference is None:
         rx, ry = xf, yf
     else:
-        rx, ry = _check(*reference)
+        rx, ry = _check(*reference, two_classes=False)
         if rx.shape[1] != xf.shape[1]:
             raise UsageError(f"Expected reference points of dimension {xf.shape[1]} but got {rx.shape[1]}")
     if chunk < 1:
