@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from lipaudit.data import Dataset, load_data
 from lipaudit.errors import (
     DataError,
     LipauditError,
@@ -19,6 +20,16 @@ from lipaudit.errors import (
     UnsupportedLayerError,
     UsageError,
 )
+from lipaudit.graph import Graph, Node, trace
+from lipaudit.lipschitz import (
+    LipschitzReport,
+    empirical_lipschitz,
+    lipschitz_radius,
+    lipschitz_report,
+    margin_lipschitz,
+    network_lipschitz,
+)
+from lipaudit.load import LoadedModel, load_model, parse_input_shape
 from lipaudit.modules import Normalize
 from lipaudit.norms import SUPPORTED_LINEAR, LayerNorm, l2_bracket, layer_norms, operator_norm
 from lipaudit.types import Method, Norm
@@ -26,11 +37,16 @@ from lipaudit.types import Method, Norm
 __all__ = [
     "SUPPORTED_LINEAR",
     "DataError",
+    "Dataset",
+    "Graph",
     "LayerNorm",
     "LipauditError",
+    "LipschitzReport",
+    "LoadedModel",
     "Method",
     "MissingDependencyError",
     "ModelLoadError",
+    "Node",
     "Norm",
     "Normalize",
     "ShapeError",
@@ -39,7 +55,16 @@ __all__ = [
     "UnsupportedLayerError",
     "UsageError",
     "__version__",
+    "empirical_lipschitz",
     "l2_bracket",
     "layer_norms",
+    "lipschitz_radius",
+    "lipschitz_report",
+    "load_data",
+    "load_model",
+    "margin_lipschitz",
+    "network_lipschitz",
     "operator_norm",
+    "parse_input_shape",
+    "trace",
 ]
