@@ -137,7 +137,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_answer() -> None:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 GB")
         return real(xb, *args)
 
-    cert.engine.bounds = bounds  # type: ignore[method-assign]
+    cert.engine.bounds = bounds  # type: ignore[method-assign,assignment]
     result = cert.certify(x, y, 0.01, "CROWN")
     assert result.batch_size == 2
     assert result.status == reference.status
@@ -154,7 +154,7 @@ def test_time_budget_records_timeout_and_cheaper_methods_still_run() -> None:
             time.sleep(30)
         return real(xb, eps, method, *args)
 
-    cert.engine.bounds = bounds  # type: ignore[method-assign]
+    cert.engine.bounds = bounds  # type: ignore[method-assign,assignment]
     start = time.perf_counter()
     result = cert.certify(x, y, 1e-4, "CROWN")
     assert time.perf_counter() - start < 10
