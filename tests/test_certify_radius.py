@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import cast
 
 import pytest
 import torch
@@ -30,8 +31,9 @@ def tiny_net(seed: int) -> nn.Sequential:
 
 def _polygons(net: nn.Sequential, y: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every (A, b) with {z : A z ≤ b} = points of one activation pattern where some j ≠ y has f_j ≥ f_y."""
-    w1, b1 = net[0].weight.detach(), net[0].bias.detach()
-    w2, b2 = net[2].weight.detach(), net[2].bias.detach()
+    first, last = cast(nn.Linear, net[0]), cast(nn.Linear, net[2])
+    w1, b1 = first.weight.detach(), first.bias.detach()
+    w2, b2 = last.weight.detach(), last.bias.detach()
     out = []
     for pattern in itertools.product([0.0, 1.0], repeat=w1.shape[0]):
         s = torch.tensor(pattern, dtype=torch.float64)

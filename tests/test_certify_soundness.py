@@ -54,6 +54,7 @@ class _Residual(nn.Module):
 
 def _bn(c: int) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(c)
+    assert bn.running_mean is not None and bn.running_var is not None
     bn.running_mean.uniform_(-0.5, 0.5)
     bn.running_var.uniform_(0.2, 2.0)
     bn.weight.data.uniform_(-1.5, 1.5)
