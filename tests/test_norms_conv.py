@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -160,3 +160,17 @@ def test_subclass_is_not_assumed_to_be_the_parent_map() -> None:
 
     with pytest.raises(UnsupportedLayerError, match="Doubled"):
         rule_for(Doubled(1, 1, 3))
+
+
+@pytest.mark.slow
+@settings(max_examples=300)
+@given(conv_cases(max_extra=10))
+def test_many_conv2d_geometries_equal_dense_matrix(case: ConvCase) -> None:
+    _assert_exact(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=300)
+@given(conv_transpose_cases(max_size=8))
+def test_many_conv_transpose2d_geometries_equal_dense_matrix(case: ConvCase) -> None:
+    _assert_exact(case)

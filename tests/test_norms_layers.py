@@ -148,3 +148,21 @@ def test_float64_dtype_argument_matches_default() -> None:
     a = layer_norms(model, (1, 8, 8))
     b = layer_norms(model, (1, 8, 8), dtype=torch.float64)
     assert [r.l1 for r in a] == pytest.approx([r.l1 for r in b], rel=1e-6)
+
+
+@pytest.mark.parametrize(("stride", "padding", "output_padding", "dilation"),
+                         [(1, 0, 0, 1), (2, 1, 1, 1), (3, 2, 1, 2)])
+def test_conv_transpose1d(stride: int, padding: int, output_padding: int, dilation: int) -> None:
+    layer = fill_weights(nn.ConvTranspose1d(3, 2, 3, stride, padding, output_padding, dilation=dilation), 4)
+    _assert_all_norms(layer, (3, 6))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_norms_on_cuda_match_cpu() -> None:
+    model = small_resnet(width=4).eval()
+    cpu = layer_norms(model, (1, 8, 8))
+    gpu = layer_norms(model.cuda(), (1, 8, 8))
+    for a, b in zip(cpu, gpu, strict=True):
+        assert (a.name, a.l1_method, a.l2_method) == (b.name, b.l1_method, b.l2_method)
+        assert b.l1 == pytest.approx(a.l1, rel=1e-5) and b.linf == pytest.approx(a.linf, rel=1e-5)
+        assert b.l2_upper == pytest.approx(a.l2_upper, rel=1e-6)

@@ -148,3 +148,16 @@ def test_typical_layer_bracket_is_narrow() -> None:
     with mock.patch.object(spectral_module, "DENSE_LIMIT", 0):
         lower, upper = l2_bracket(conv, (4, 8, 8))  # enclosing circular convolution + power iteration
     assert (upper - lower) / upper <= 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("cin", "cout", "k", "stride", "size"), [(8, 8, 3, 1, 16), (8, 16, 3, 2, 16), (4, 4, 5, 1, 12),
+                                                                  (16, 8, 1, 1, 12), (4, 8, (2, 4), (1, 2), 14)])
+def test_medium_layers_fft_lanczos_bracket_contains_dense_svd(cin: int, cout: int, k: int | tuple[int, int],
+                                                              stride: int | tuple[int, int], size: int) -> None:
+    conv = fill_weights(nn.Conv2d(cin, cout, k, stride=stride, padding=1, bias=False), cin * size)
+    with mock.patch.object(spectral_module, "DENSE_LIMIT", 0):
+        lower, upper = l2_bracket(conv, (cin, size, size))
+    sigma = _sigma(ConvCase(conv, (cin, size, size)))
+    assert lower <= sigma * (1 + 1e-9) <= upper * (1 + 1e-9)
+    assert lower == pytest.approx(sigma, rel=1e-6)  # Lanczos converges; the width is the upper bound's
