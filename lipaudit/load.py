@@ -60,6 +60,7 @@ class LoadedModel:
         mean: per-channel normalisation mean applied, if any.
         std: per-channel normalisation std applied, if any.
         num_parameters: number of scalar parameters of ``module``.
+        input_shape: the (C, H, W) input shape the file records (lipaudit checkpoints, torch.export programs), if any.
     """
 
     module: nn.Module
@@ -70,6 +71,7 @@ class LoadedModel:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     num_parameters: int
+    input_shape: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (without the module itself)."""
@@ -77,6 +79,7 @@ class LoadedModel:
             "path": self.path, "sha256": self.sha256, "format": self.format, "arch": self.arch,
             "mean": None if self.mean is None else list(self.mean),
             "std": None if self.std is None else list(self.std), "num_parameters": self.num_parameters,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
         }
 
 
@@ -301,6 +304,7 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, unsafe_
     digest = _sha256(p)
     kind = _sniff(p)
     used_arch = arch
+    recorded: tuple[int, ...] | None = None
     if kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -320,6 +324,7 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, unsafe_
     elif kind == "export":
         try:
             module, fmt = torch.export.load(str(p)).module(), "export"
+            recorded = _exported_input_shape(module)
         except (RuntimeError, KeyError, ValueError) as err:
             raise ModelLoadError(f"Corrupt torch.export program {str(path)!r}: {err}") from err
         with contextlib.suppress(UnsupportedLayerError):  # keep the ATen graph when it has ops without rules
@@ -332,6 +337,9 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, unsafe_
             sd, meta = _state_dict_from(obj, p)
             if meta and mean is None and std is None and meta.get("mean") is not None:
                 mean, std = meta.get("mean"), meta.get("std")
+            if isinstance(meta.get("input_shape"), (list, tuple)) and all(
+                    isinstance(v, int) and v > 0 for v in meta["input_shape"]):
+                recorded = tuple(meta["input_shape"])
             if used_arch is None and meta.get("arch"):
                 embedded = str(meta["arch"])
                 if embedded.split(":", 1)[0] != _ZOO:
@@ -345,4 +353,17 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, unsafe_
             module, fmt = _load_into(used_arch, sd, p), "state_dict"
     module, mean_t, std_t = _finish(module, mean, std, dev)
     n_params = sum(q.numel() for q in module.parameters())
-    return LoadedModel(module, str(path), digest, fmt, used_arch, mean_t, std_t, n_params)
+    return LoadedModel(module, str(path), digest, fmt, used_arch, mean_t, std_t, n_params, recorded)
+
+
+def _exported_input_shape(module: nn.Module) -> tuple[int, ...] | None:
+    """Per-sample shape of the single input of an exported program, from its placeholder's metadata."""
+    graph = getattr(module, "graph", None)
+    inputs = [n for n in graph.nodes if n.op == "placeholder"] if graph is not None else []
+    val = inputs[0].meta.get("val") if len(inputs) == 1 else None
+    if not isinstance(val, torch.Tensor) or val.dim() < 2:
+        return None
+    try:
+        return tuple(int(d) for d in val.shape[1:])
+    except (TypeError, ValueError):  # symbolic sizes
+        return None

@@ -71,7 +71,7 @@ def test_export_round_trip(tmp_path: Path, model: nn.Module, x: torch.Tensor) ->
     path = tmp_path / "m.pt2"
     torch.export.save(torch.export.export(model, (x,)), str(path))
     loaded = load_model(path)
-    assert loaded.format == "export"
+    assert loaded.format == "export" and loaded.input_shape == (1, 28, 28)
     same_function(loaded.module, model, x)
     same_function(loaded.module, model, torch.rand(5, 1, 28, 28))  # rebuilt as layers: any batch size works
     assert any(isinstance(m, nn.Conv2d) for m in loaded.module.modules())
@@ -86,6 +86,7 @@ def test_checkpoint_uses_embedded_zoo_arch_and_normalisation(tmp_path: Path, x: 
     torch.save(ckpt, path)
     loaded = load_model(path)
     assert loaded.mean == (0.1, 0.2, 0.3) and loaded.std == (0.5, 0.25, 0.2)
+    assert loaded.input_shape == (3, 12, 12) and loaded.to_dict()["input_shape"] == [3, 12, 12]
     assert isinstance(loaded.module[0], Normalize)
     x3 = torch.rand(2, 3, 12, 12)
     mean, std = torch.tensor(ckpt["mean"]).view(1, 3, 1, 1), torch.tensor(ckpt["std"]).view(1, 3, 1, 1)
