@@ -6,13 +6,13 @@ axes for ℓ∞, unit vectors for ℓ2) such that every point j of another class
 ``|u·(x_j − x_i)| ≥ 2ε + g/2`` for some u ∈ U_i (a greedy set cover; u = the dual direction of x_j − x_i covers j
 because ``|u·(x_j − x_i)| = ‖x_j − x_i‖ ≥ sep``). Define
 
-    S_i(x) = Σ_{u∈U_i} relu(u·(x − x_i) − ε) + relu(−u·(x − x_i) − ε),   bump_i(x) = relu(1 − S_i(x)/β),
+    S_i(x) = Σ_{u∈U_i} relu(u·(x − x_i) − ε') + relu(−u·(x − x_i) − ε'),   bump_i(x) = relu(1 − S_i(x)/β),
     f_c(x) = Σ_{i: y_i = c} bump_i(x).
 
-It is ``Flatten → Linear → ReLU → Linear → ReLU → Linear``. Claims (proof in ``proofs/README.md``), for every x in
-the ε-ball of x_j: (a) ``S_j(x) = 0`` because ``|u·(x − x_j)| ≤ ‖u‖_*‖x − x_j‖ ≤ ε``, so ``bump_j(x) = 1`` and
-``f_{y_j}(x) ≥ 1``; (b) for i of another class, the covering u gives ``|u·(x − x_i)| − ε ≥ 2ε + g/2 − 2ε = g/2``,
-so ``S_i(x) ≥ 2β`` and ``bump_i(x) = 0``; hence ``f_k(x) = 0`` for ``k ≠ y_j`` and the margin is ≥ 1 on the ball.
+where ``ε' = ε + τ`` with a float32 slack ``0 ≤ τ ≤ g/8`` (a few ulps). It is ``Flatten → Linear → ReLU → Linear →
+ReLU → Linear``. Claims (proof in ``proofs/README.md``), for every x in the ε-ball of x_j:
+(a) ``S_j(x) = 0`` because ``|u·(x − x_j)| ≤ ‖u‖_*‖x − x_j‖ ≤ ε``, so ``bump_j(x) = 1`` and ``f_{y_j}(x) ≥ 1``;
+(b) for i of another class, the covering u gives ``|u·(x − x_i)| − ε' ≥ 2ε + g/2 − 2ε − g/8 = 3g/8``, so ``S_i(x) ≥ 1.5β`` and ``bump_i(x) = 0``; hence ``f_k(x) = 0`` for ``k ≠ y_j`` and the margin is ≥ 1 on the ball.
 Interval bound propagation reproduces exactly these two facts (each first-layer unit is bounded exactly over the
 ball, and the sum's lower bound is the sum of the lower bounds), so IBP certifies every point with margin ≥ 1.
 """
@@ -156,8 +156,13 @@ def build_robust_network(
         other = pts[yy != yy[i]] - pts[i]
         u = cover_directions(other, norm, 2.0 * eps + gap / 2.0)
         proj = u @ pts[i]
+        # float32 slack: the weights and biases are stored in float32; widening each unit's dead zone by a few
+        # float32 ulps of its terms keeps the point's own units exactly dead on its ball (capped at g/8, so the
+        # covering units still give S_i ≥ g/2 − g/8 > β on other classes' balls)
+        scale = 1.0 + proj.abs() + eps + u.abs().sum(1) * pts[i].abs().max()
+        shift = eps + torch.clamp(scale * 2.0**-20, max=gap / 8.0)
         rows += [u, -u]
-        biases += [-proj - eps, proj - eps]
+        biases += [-proj - shift, proj - shift]
         counts.append(u.shape[0])
     w1 = torch.cat(rows)
     b1 = torch.cat(biases)

@@ -104,8 +104,12 @@ def add_spike(base: RobustNetwork, x: torch.Tensor, y: torch.Tensor, amplitude: 
     if pts.shape[0] != sep.n:
         raise UsageError(f"Expected the {sep.n} points the network was built on but got {pts.shape[0]}")
     ia, ib = sep.pair
-    center = (pts[ia] + pts[ib]) / 2.0
-    r = sep.distance / 2.0 - base.eps
+    # the midpoint, rounded to float32 so that the stored network's spike is centred exactly there (ℓ∞: exact biases);
+    # r is measured from the rounded centre, so the gap argument holds for it exactly
+    center = ((pts[ia] + pts[ib]) / 2.0).to(torch.float32).to(torch.float64)
+    r = float(torch.linalg.vector_norm(pts - center, ord=base.norm.p, dim=1).min()) - base.eps
+    if not r > 0:
+        raise UsageError(f"Expected a data-free gap around the midpoint but got r = {r!r} (separation too small)")
     dirs = cover_directions(pts - center, base.norm, base.eps + r / 2.0)
     rho = r / 4.0
     v0 = dirs[0]
