@@ -43,7 +43,8 @@ class APGD(Attack):
 
     Losses: ``"ce"`` (cross-entropy), ``"dlr"`` (difference of logits ratio, scale-invariant), and with
     ``targeted=True`` the targeted DLR loss run once per target among the ``n_targets`` highest-scoring wrong
-    classes at ``x`` (APGD-T). Points already misclassified by an earlier run are not attacked again.
+    classes at ``x`` (APGD-T; with fewer than four classes, where targeted DLR is undefined, the targeted logit
+    margin ``z_t − z_y``). Points already misclassified by an earlier run are not attacked again.
 
     Args:
         norm: threat-model norm (ℓ∞, ℓ2, or ℓ1 with sparse steps).
@@ -112,6 +113,8 @@ class APGD(Attack):
                 target = ranked[todo, t]
 
                 def loss_fn(z: Tensor, yy: Tensor, target: Tensor = target) -> Tensor:
+                    if z.shape[1] < 4:  # targeted DLR needs 4 classes: use the plain targeted margin z_t − z_y
+                        return (z.gather(1, target[:, None]) - z.gather(1, yy[:, None])).squeeze(1)
                     return targeted_dlr_loss(z, yy, target)
 
                 fn: LossFn = loss_fn

@@ -35,12 +35,18 @@ DENOMINATOR = (
 )
 
 
-def default_attacks(norm: Norm | str | float, *, steps: int = 100, n_targets: int = 9, seed: int = 0) -> list[Attack]:
-    """APGD-CE, APGD-DLR and APGD-T (targeted DLR): the gradient part of AutoAttack's standard ensemble."""
+def default_attacks(
+    norm: Norm | str | float, *, steps: int = 100, n_targets: int = 9, restarts: int = 1, seed: int = 0
+) -> list[Attack]:
+    """APGD-CE, APGD-DLR and APGD-T (targeted DLR): the gradient part of AutoAttack's standard ensemble.
+
+    ``restarts`` applies to each attack (for APGD-T: runs per target class); the first run starts at ``x``, the
+    others at random points of the ε-ball.
+    """
     return [
-        APGD(norm, loss="ce", steps=steps, seed=seed),
-        APGD(norm, loss="dlr", steps=steps, seed=seed),
-        APGD(norm, targeted=True, steps=steps, n_targets=n_targets, seed=seed),
+        APGD(norm, loss="ce", steps=steps, restarts=restarts, seed=seed),
+        APGD(norm, loss="dlr", steps=steps, restarts=restarts, seed=seed),
+        APGD(norm, targeted=True, steps=steps, n_targets=n_targets, restarts=restarts, seed=seed),
     ]
 
 
@@ -147,6 +153,11 @@ class AttackReport:
         }
 
 
+def _fraction(mask: Tensor) -> float:
+    """Fraction of True entries, as an exact ratio of counts (0.0 for an empty batch)."""
+    return int(mask.sum()) / mask.numel() if mask.numel() else 0.0
+
+
 def _run_attack(
     attack: Attack, model: nn.Module, x: Tensor, y: Tensor, eps: float
 ) -> tuple[Tensor, Tensor, dict[str, int], float]:
@@ -242,7 +253,7 @@ def evaluate_attacks(
                     new = int(hit.sum())
                 stats.append(
                     AttackStats(
-                        attack.name, eps, int(idx.numel()), new, 1.0 - float(attacked.float().mean()) if n else 0.0,
+                        attack.name, eps, int(idx.numel()), new, _fraction(~attacked),
                         **counts, wall_time_s=seconds,
                     )
                 )
@@ -257,14 +268,14 @@ def evaluate_attacks(
                 flags += check_noise_baseline(eps, int(noise_only.sum()), n)
                 x_adv[idx[noise_only]] = noisy[noise_only]
                 attacked[idx[noise_only]] = True
-            this_eps_acc.append(1.0 - float(attacked.float().mean()) if n else 0.0)
+            this_eps_acc.append(_fraction(~attacked))
             carried = prev_attacked & ~attacked
             x_adv = torch.where(_view(carried, x), prev_adv, x_adv)
             attacked = attacked | prev_attacked
             results.append(
                 EpsResult(
                     eps=eps,
-                    robust_accuracy=1.0 - float(attacked.float().mean()) if n else 0.0,
+                    robust_accuracy=_fraction(~attacked),
                     robust_accuracy_this_eps=this_eps_acc[-1],
                     attacked=tuple(bool(a) for a in attacked.tolist()),
                     per_attack=tuple(stats),
@@ -283,7 +294,7 @@ def evaluate_attacks(
     return AttackReport(
         norm=norm,
         n=n,
-        clean_accuracy=float(correct.float().mean()) if n else 0.0,
+        clean_accuracy=_fraction(correct),
         clean_correct=tuple(bool(c) for c in correct.tolist()),
         results=tuple(results),
         flags=tuple(flags),
