@@ -93,7 +93,7 @@ def interval_bounds(
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 1))
         >>> with torch.no_grad():
-        ...     _ = net.weight.copy_(torch.tensor([[3.0, 4.0]])); _ = net.bias.zero_()
+        ...     _ = net[0].weight.copy_(torch.tensor([[3.0, 4.0]])); _ = net[0].bias.zero_()
         >>> lo, hi = interval_bounds(net, torch.tensor([[0.5, 0.5]]), 0.1, "2")
         >>> round(float(lo), 6), round(float(hi), 6)
         (3.0, 4.0)

@@ -12,7 +12,8 @@ because ``|u·(x_j − x_i)| = ‖x_j − x_i‖ ≥ sep``). Define
 where ``ε' = ε + τ`` with a float32 slack ``0 ≤ τ ≤ g/8`` (a few ulps). It is ``Flatten → Linear → ReLU → Linear →
 ReLU → Linear``. Claims (proof in ``proofs/README.md``), for every x in the ε-ball of x_j:
 (a) ``S_j(x) = 0`` because ``|u·(x − x_j)| ≤ ‖u‖_*‖x − x_j‖ ≤ ε``, so ``bump_j(x) = 1`` and ``f_{y_j}(x) ≥ 1``;
-(b) for i of another class, the covering u gives ``|u·(x − x_i)| − ε' ≥ 2ε + g/2 − 2ε − g/8 = 3g/8``, so ``S_i(x) ≥ 1.5β`` and ``bump_i(x) = 0``; hence ``f_k(x) = 0`` for ``k ≠ y_j`` and the margin is ≥ 1 on the ball.
+(b) for i of another class, the covering u gives ``|u·(x − x_i)| − ε' ≥ 2ε + g/2 − 2ε − g/8 = 3g/8``, so
+``S_i(x) ≥ 1.5β`` and ``bump_i(x) = 0``; hence ``f_k(x) = 0`` for ``k ≠ y_j`` and the margin is ≥ 1 on the ball.
 Interval bound propagation reproduces exactly these two facts (each first-layer unit is bounded exactly over the
 ball, and the sum's lower bound is the sum of the lower bounds), so IBP certifies every point with margin ≥ 1.
 """
