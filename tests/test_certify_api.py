@@ -119,7 +119,8 @@ def test_failing_method_falls_back_and_records_it() -> None:
     x = torch.rand(3, 1, 6, 6)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
-    result = certify(model, x, y, "inf", 0.002, "alpha-CROWN", options=CertifyOptions(alpha_iterations=3))
+    options = CertifyOptions(alpha_iterations=3, batch_size=3)  # it raises for batches > 1
+    result = certify(model, x, y, "inf", 0.002, "alpha-CROWN", options=options)
     assert set(result.method_used) <= {"CROWN[patches]", "CROWN[matrix]"}
     assert any(f.startswith("alpha-CROWN[patches] failed") for f in result.fallbacks)
     crown = certify(model, x, y, "inf", 0.002, "CROWN")

@@ -130,14 +130,12 @@ class Certifier:
             lower, _ = self.engine.bounds(x, eps, method, mode, c)
         return lower.amin(dim=1)
 
-    def _batch_size(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method, mode: str) -> int:
-        """Measure one sample's peak memory and size batches to stay under the budget (at most 64)."""
+    def _sized_batch(self, base: int | None) -> int:
+        """Batch size from the peak memory of the one-sample run just made (at most 64, or ``batch_size``)."""
         cap = self.options.batch_size or 64
-        base = _resources.rss_bytes()
-        if base is None or not _resources.reset_peak_rss():
+        peak = _resources.peak_rss_bytes()
+        if base is None or peak is None:
             return min(cap, 16)
-        self._run(x[:1], y[:1], eps, method, mode)
-        peak = _resources.peak_rss_bytes() or base
         per_sample = max(peak - base, 16 * 2**20)
         return int(max(1, min(cap, (self.options.memory_budget_bytes - base) // per_sample)))
 
@@ -160,31 +158,17 @@ class Certifier:
         self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method, mode: str, todo: list[int],
         outcomes: list[_Outcome],
     ) -> list[int]:
+        """Run one (method, mode) on the samples ``todo``; return those it failed on.
+
+        Without a fixed batch size the first sample runs alone and its peak memory sizes the batches.
+        """
         failed: list[int] = []
         queue = list(todo)
         self._last_error = ""
         while queue:
-            if self._batch is None:
-                try:
-                    self._batch = self._batch_size(x[queue], y[queue], eps, method, mode)
-                except LIRPA_ERRORS as err:
-                    self.engine.discard()
-                    self._last_error = _one_line(err)
-                    if not _resources.is_out_of_memory(err):
-                        for i in queue:
-                            outcomes[i].status = "error"
-                            outcomes[i].message = outcomes[i].message or f"{method}[{mode}]: {_one_line(err)}"
-                        return queue
-                    self._batch = 1
-                except _resources.Deadline as err:
-                    self.engine.discard()
-                    self._last_error = _one_line(err)
-                    self._batch = 1
-                    outcomes[queue[0]].status = "timeout"
-                    outcomes[queue[0]].message = f"{method}[{mode}]: {_one_line(err)}"
-                    failed.append(queue.pop(0))
-                    continue
-            chunk, rest = queue[: self._batch], queue[self._batch:]
+            probing = self._batch is None
+            base = _resources.rss_bytes() if probing and _resources.reset_peak_rss() else None
+            chunk, rest = queue[: self._batch or 1], queue[self._batch or 1 :]
             try:
                 margins = self._run(x[chunk], y[chunk], eps, method, mode)
             except _resources.Deadline as err:
@@ -193,8 +177,9 @@ class Certifier:
                 if len(chunk) > 1:
                     self._batch = max(1, len(chunk) // 2)
                     continue
+                self._batch = self._batch or 1
                 outcomes[chunk[0]].status = "timeout"
-                outcomes[chunk[0]].message = f"{method}[{mode}]: {_one_line(err)}"
+                outcomes[chunk[0]].message = f"{method}[{mode}]: {self._last_error}"
                 failed.append(chunk[0])
                 queue = rest
                 continue
@@ -207,10 +192,12 @@ class Certifier:
                 for i in chunk:
                     if outcomes[i].status != "timeout":
                         outcomes[i].status = "error"
-                        outcomes[i].message = outcomes[i].message or f"{method}[{mode}]: {_one_line(err)}"
+                        outcomes[i].message = outcomes[i].message or f"{method}[{mode}]: {self._last_error}"
                 failed.extend(chunk)
                 queue = rest
                 continue
+            if probing:
+                self._batch = self._sized_batch(base)
             for i, margin in zip(chunk, margins.tolist(), strict=True):
                 o = outcomes[i]
                 o.margin = float(margin) if math.isfinite(margin) else None  # JSON has no inf / nan
@@ -271,7 +258,6 @@ def certify(
         >>> certify(net, x, torch.tensor([0]), "inf", 0.1, "CROWN").status
         ('certified',)
     """
-    norm = Norm.parse(norm)
     method = Method.parse(method)
-    validate_inputs(model, x, y, eps)
+    validate_inputs(model, x, y, eps)  # before parsing the model with auto_LiRPA
     return Certifier(model, x, norm, options).certify(x, y, eps, method, progress)
