@@ -112,19 +112,34 @@ def test_unsupported_operation_becomes_a_per_sample_error_naming_it() -> None:
     assert result.fallbacks and "IBP" in result.fallbacks[-1]
 
 
-def test_failing_method_falls_back_and_records_it() -> None:
-    torch.manual_seed(0)  # α-CROWN of auto_LiRPA 0.3 raises with MaxPool; CROWN handles it
+def test_failing_method_falls_back_to_a_cheaper_one_and_records_it() -> None:
+    torch.manual_seed(0)  # auto_LiRPA 0.3's CROWN raises on Softmax followed by a layer; IBP handles it
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.Softmax(dim=1), nn.Linear(8, 3)).eval()
+    x = torch.rand(3, 1, 6, 6)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    result = certify(model, x, y, "inf", 0.001, "CROWN")
+    assert set(result.method_used) <= {"CROWN-IBP[patches]", "CROWN-IBP[matrix]", "IBP[patches]", "IBP[matrix]"}
+    assert any(f.startswith("CROWN[patches] failed") for f in result.fallbacks)
+    ibp = certify(model, x, y, "inf", 0.001, "IBP")
+    if set(result.method_used) <= {"IBP[patches]"}:
+        assert result.margin_lower == ibp.margin_lower and result.status == ibp.status
+
+
+def test_method_failing_only_for_batches_runs_one_sample_at_a_time() -> None:
+    torch.manual_seed(0)  # α-CROWN of auto_LiRPA 0.3 raises with MaxPool for batches > 1 only
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(36, 3)).eval()
     x = torch.rand(3, 1, 6, 6)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
-    options = CertifyOptions(alpha_iterations=3, batch_size=3)  # it raises for batches > 1
+    options = CertifyOptions(alpha_iterations=3, batch_size=3)
     result = certify(model, x, y, "inf", 0.002, "alpha-CROWN", options=options)
-    assert set(result.method_used) <= {"CROWN[patches]", "CROWN[matrix]"}
-    assert any(f.startswith("alpha-CROWN[patches] failed") for f in result.fallbacks)
+    assert result.batch_size == 1 and any("one sample at a time" in f for f in result.fallbacks), result.fallbacks
+    assert set(result.status) <= {"certified", "not-certified"}
     crown = certify(model, x, y, "inf", 0.002, "CROWN")
-    assert result.margin_lower == crown.margin_lower and result.status == crown.status
+    for a, c in zip(result.margin_lower, crown.margin_lower, strict=True):
+        assert a is not None and c is not None and a >= c - 1e-5, "α-CROWN starts from CROWN and only tightens"
 
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_answer() -> None:

@@ -14,6 +14,7 @@ from lipaudit._progress import Progress
 from lipaudit.certify import _resources
 from lipaudit.certify.lirpa import LIRPA_ERRORS, BoundEngine, margin_matrix, validate_inputs
 from lipaudit.certify.options import CertifyOptions
+from lipaudit.errors import UnsupportedLayerError
 from lipaudit.types import Method, Norm
 
 __all__ = ["STATUSES", "Certifier", "CertifyResult", "certify"]
@@ -188,6 +189,12 @@ class Certifier:
                 self._last_error = _one_line(err)
                 if _resources.is_out_of_memory(err) and len(chunk) > 1:
                     self._batch = max(1, len(chunk) // 2)
+                    continue
+                if len(chunk) > 1 and not isinstance(err, UnsupportedLayerError):
+                    # Some auto_LiRPA paths only fail for batches (per-channel constants in patches mode, α-CROWN
+                    # with MaxPool): go on one sample at a time before giving the method up.
+                    self.notes.append(f"{method}[{mode}] raised for a batch ({self._last_error}); one sample at a time")
+                    self._batch = 1
                     continue
                 for i in chunk:
                     if outcomes[i].status != "timeout":
