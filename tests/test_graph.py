@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
 from torch import fx, nn
 
 from lipaudit.errors import ShapeError, UnsupportedLayerError, UsageError
 from lipaudit.graph import Graph, trace
 from lipaudit.modules import Normalize
 from lipaudit.zoo import mlp, small_cnn, small_resnet, tiny_cnn
+from tests.test_lipschitz import networks
 
 
 def replay(graph: Graph, x: torch.Tensor) -> torch.Tensor:
@@ -267,3 +269,12 @@ def test_single_layer_model() -> None:
         ("input", "input", (2, 7, 7)), ("Conv2d", "module", (3, 3, 3)), ("output", "output", (3, 3, 3))]
     with pytest.raises(ShapeError):
         trace(nn.Linear(3, 2), (4,))
+
+
+@given(net=networks())
+def test_replay_matches_random_networks(net: tuple[nn.Module, tuple[int, ...]]) -> None:
+    model, shape = net
+    graph = trace(model, shape)
+    x = torch.rand(2, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(replay(graph, x), model(x))
