@@ -197,3 +197,24 @@ def test_train_mode_model_with_dropout_is_certified_as_in_eval_and_left_untouche
     assert all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert result.margin_lower == reference.margin_lower
+
+
+def test_batch_size_follows_the_measured_peak_memory_and_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipaudit.certify import _resources
+
+    model, x, y = _model_and_data(8)
+    gib = 2**30
+    monkeypatch.setattr(_resources, "reset_peak_rss", lambda: True)
+    monkeypatch.setattr(_resources, "rss_bytes", lambda: 1 * gib)
+    monkeypatch.setattr(_resources, "peak_rss_bytes", lambda: int(1.5 * gib))  # one sample costs 0.5 GiB
+    cert = Certifier(model, x, "inf", CertifyOptions(memory_budget_gb=2.25))
+    calls: list[int] = []
+    real = cert.engine.bounds
+
+    def bounds(xb: torch.Tensor, *args: Any) -> Any:
+        calls.append(xb.shape[0])
+        return real(xb, *args)
+
+    cert.engine.bounds = bounds  # type: ignore[method-assign,assignment]
+    result = cert.certify(x, y, 0.01, "CROWN")
+    assert calls == [1, 2, 2, 2, 1] and result.batch_size == 2  # (2.25 − 1) GiB / 0.5 GiB per sample → 2

@@ -101,7 +101,8 @@ class Certifier:
         self.fallbacks: list[str] = []
         self.computations = 0
         self._last_error = ""
-        self._batch: int | None = self.options.batch_size
+        self._batches: dict[tuple[Method, str], int] = {}  # measured per method and mode: memory differs
+        self._batch: int | None = None
         self.notes: list[str] = []
         if self.engine.patches_unsound:
             self.notes.append("patches mode skipped: grouped convolution (auto_LiRPA's patches mode is unsound)")
@@ -166,6 +167,7 @@ class Certifier:
         failed: list[int] = []
         queue = list(todo)
         self._last_error = ""
+        self._batch = self._batches.get((method, mode), self.options.batch_size)
         while queue:
             probing = self._batch is None
             base = _resources.rss_bytes() if probing and _resources.reset_peak_rss() else None
@@ -213,6 +215,8 @@ class Certifier:
                 if o.status != "timeout" or ok:
                     o.status, o.message = ("certified" if ok else "not-certified"), o.message if not ok else None
             queue = rest
+        if self._batch is not None:
+            self._batches[(method, mode)] = self._batch
         return failed
 
     def certify(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method | str,
