@@ -68,3 +68,30 @@ __all__ = [
     "parse_input_shape",
     "trace",
 ]
+
+# Empirical attacks: upper bounds on robust accuracy and on robustness radii.
+from lipaudit.attacks import (
+    APGD,
+    FGSM,
+    FMN,
+    PGD,
+    Attack,
+    AttackReport,
+    Flag,
+    RadiusReport,
+    evaluate_attacks,
+    minimal_adversarial_radius,
+)
+
+__all__ += [
+    "APGD",
+    "FGSM",
+    "FMN",
+    "PGD",
+    "Attack",
+    "AttackReport",
+    "Flag",
+    "RadiusReport",
+    "evaluate_attacks",
+    "minimal_adversarial_radius",
+]
