@@ -274,6 +274,21 @@ def _examples(model: nn.Module, x: Tensor, y: Tensor, results: Sequence[Any], li
     return out
 
 
+def _known_certified(st: _State, method: str, eps: Sequence[float]) -> Tensor:
+    """Per sample, the largest radius already certified: the Lipschitz radius or an ε ``method`` certified.
+
+    Starting the radius bisection there saves the bound computations the ε sweep has already done.
+    """
+    known = torch.zeros(st.n, dtype=torch.float64)
+    if st.radius_lipschitz is not None:
+        known = torch.nan_to_num(st.radius_lipschitz.detach().cpu().to(torch.float64), nan=0.0, posinf=0.0)
+    for e in eps:
+        done = st.certified.get(eps_key(e), {}).get(method)
+        if done is not None:
+            known = torch.where(done.cpu(), torch.clamp(known, min=e), known)
+    return known
+
+
 def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, correct: Tensor, st: _State,
                        stages: _Stages, progress: Progress) -> None:
     from lipaudit.certify import CertifyOptions, certified_radius, certify
@@ -304,7 +319,7 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
     if config.radius_method is not None and idx.numel():
         method = config.radius_method
         with stages.stage("certified radius"):
-            lower = st.radius_lipschitz[idx] if st.radius_lipschitz is not None else None
+            lower = _known_certified(st, str(method), config.eps)[idx]
             upper = st.radius_attack[idx] if st.radius_attack is not None else None
             rres = certified_radius(model, x[idx], y[idx], config.norm, method, lower=lower, upper=upper,
                                     tol=config.radius_tol, options=options, progress=progress)
