@@ -124,7 +124,14 @@ _FUNCTIONS[F.max_pool2d] = lambda a, k: nn.MaxPool2d(
 _FUNCTIONS[F.avg_pool2d] = lambda a, k: nn.AvgPool2d(
     _arg(a, k, 0, "kernel_size", None), _arg(a, k, 1, "stride", None), _arg(a, k, 2, "padding", 0),
     _arg(a, k, 3, "ceil_mode", False), _arg(a, k, 4, "count_include_pad", True))
+_FUNCTIONS[F.dropout] = lambda a, k: (
+    nn.Dropout(_arg(a, k, 0, "p", 0.5)) if not _arg(a, k, 1, "training", True)
+    else _no("dropout with training=True (a random map)"))
 _FUNCTIONS[F.adaptive_avg_pool2d] = lambda a, k: nn.AdaptiveAvgPool2d(_arg(a, k, 0, "output_size", None))
+
+def _no(what: str) -> nn.Module:
+    raise _unsupported(what)
+
 
 _ADD_TARGETS: tuple[Any, ...] = (operator.add, operator.iadd, torch.add, "add", "add_")
 _RESHAPE_TARGETS: tuple[Any, ...] = (torch.flatten, torch.reshape, "flatten", "view", "reshape", "contiguous")
@@ -161,7 +168,8 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
         ref = next(iter(model.buffers()), None)
     device = ref.device if ref is not None else torch.device("cpu")
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-    return torch.rand((1, *shape), generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+    # two samples, so that a reshape mixing the batch dimension cannot pass unnoticed
+    return torch.rand((2, *shape), generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
 
 
 @contextmanager
@@ -354,7 +362,7 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Graph:
     from lipaudit.exported import from_aten, from_torchscript, is_aten_graph
 
     if isinstance(model, torch.jit.ScriptModule):
-        model = from_torchscript(model, _example_input(model, shape).expand(2, *shape).clone())
+        model = from_torchscript(model, _example_input(model, shape))
     elif is_aten_graph(model):
         model = from_aten(model)  # type: ignore[arg-type]
     with _eval_mode(model):

@@ -16,6 +16,7 @@ min_{j≠y} (f_y − f_j)(x) / L_yj.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = [
 GELU_CONSTANT = (1.0 + math.erf(1.0)) / 2.0 + math.exp(-1.0) / math.sqrt(math.pi)
 
 
+@functools.cache
 def _gelu_tanh_constant() -> float:
     """sup |d/dx GELU_tanh(x)| on a 1e-4 grid over [-8, 8] plus 1e-3 (|GELU''| < 1 bounds the grid error)."""
     x = torch.arange(-8.0, 8.0, 1e-4, dtype=torch.float64, requires_grad=True)

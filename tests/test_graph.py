@@ -278,3 +278,23 @@ def test_replay_matches_random_networks(net: tuple[nn.Module, tuple[int, ...]]) 
     x = torch.rand(2, *shape, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(replay(graph, x), model(x))
+
+
+def test_batch_mixing_reshape_and_functional_dropout() -> None:
+    class Mixer(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(1, -1)
+
+    with pytest.raises(UnsupportedLayerError, match="batch"):
+        trace(Mixer(), (3,))
+
+    class Drop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.dropout(x, 0.3, training=self.training))
+
+    graph = trace(Drop().train(), (3,))
+    assert isinstance(graph.node("dropout").module, nn.Dropout)
