@@ -218,3 +218,12 @@ def test_batch_size_follows_the_measured_peak_memory_and_the_budget(monkeypatch:
     cert.engine.bounds = bounds  # type: ignore[method-assign,assignment]
     result = cert.certify(x, y, 0.01, "CROWN")
     assert calls == [1, 2, 2, 2, 1] and result.batch_size == 2  # (2.25 − 1) GiB / 0.5 GiB per sample → 2
+
+
+def test_lp_backward_methods_over_the_memory_budget_give_way_to_crown_ibp() -> None:
+    model, x, y = _model_and_data(3)
+    tight = CertifyOptions(memory_budget_gb=1e-4)  # the dense ℓ2 matrices of this CNN need more than 100 KiB
+    result = certify(model, x, y, "2", 0.1, "CROWN", options=tight)
+    assert set(result.method_used) == {"CROWN-IBP[patches]"}
+    assert any("CROWN skipped" in note for note in result.fallbacks), result.fallbacks
+    assert certify(model, x, y, "inf", 0.01, "CROWN", options=tight).method_used[0] == "CROWN[patches]"

@@ -106,10 +106,12 @@ class Certifier:
         self.notes: list[str] = []
         if self.engine.patches_unsound:
             self.notes.append("patches mode skipped: grouped convolution (auto_LiRPA's patches mode is unsound)")
-        self._matrix_ok = (
-            _resources.dense_matrix_bytes(self.engine.model, x_example, self.num_classes)
-            < self.options.memory_budget_bytes / 2
-        )
+        dense = _resources.dense_matrix_bytes(self.engine.model, x_example, self.num_classes)
+        self._matrix_ok = dense < self.options.memory_budget_bytes / 2
+        # auto_LiRPA turns ℓp patches into dense matrices to concretise every intermediate layer, so for ℓ2 / ℓ1
+        # CROWN and α-CROWN cost about the dense size even in patches mode; CROWN-IBP concretises only the output.
+        self._lp_backward_ok = self.norm is Norm.LINF or dense < self.options.memory_budget_bytes
+        self._dense_gib = dense / 2**30
 
     def attempts(self, method: Method) -> list[tuple[Method, str]]:
         """(method, conv mode) pairs to try in order: the requested one, other mode, then cheaper methods."""
@@ -119,11 +121,19 @@ class Certifier:
             modes = ["matrix"]  # soundness first, whatever the memory estimate says
         elif mode == "auto" and not self._matrix_ok:
             modes = ["patches"]
-        if not self.options.fallback:
-            return [(method, modes[0])]
         cheaper = [m for m in reversed(_ORDER[: _ORDER.index(method)]) if m is not Method.CROWN_IBP
                    or method is not Method.ALPHA_CROWN]
-        return [(m, md) for m in [method, *cheaper] for md in modes]
+        chain = [method, *cheaper]
+        if not self._lp_backward_ok and method in (Method.CROWN, Method.ALPHA_CROWN):
+            chain = [Method.CROWN_IBP, Method.IBP]
+            note = (f"{method} skipped: its {self.norm} bounds need about {self._dense_gib:.1f} GiB of dense "
+                    "matrices, over the memory budget")
+            if note not in self.notes:
+                self.notes.append(note)
+        if not self.options.fallback:
+            chain = chain[:1]
+            modes = modes[:1]
+        return [(m, md) for m in chain for md in modes]
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method, mode: str) -> torch.Tensor:
         c = margin_matrix(y, self.num_classes).to(dtype=x.dtype)
@@ -145,12 +155,13 @@ class Certifier:
         """Margin lower bounds for every sample, with OOM halving, time budgets and fallbacks."""
         outcomes = [_Outcome() for _ in range(x.shape[0])]
         pending = list(range(x.shape[0]))
-        for k, (m, mode) in enumerate(self.attempts(method)):
+        attempts = self.attempts(method)
+        for k, (m, mode) in enumerate(attempts):
             if not pending:
                 break
             failed = self._attempt(x, y, eps, m, mode, pending, outcomes)
-            if failed and k + 1 < len(self.attempts(method)):
-                nxt = self.attempts(method)[k + 1]
+            if failed and k + 1 < len(attempts):
+                nxt = attempts[k + 1]
                 self.fallbacks.append(f"{m}[{mode}] failed on {len(failed)} sample(s) "
                                       f"({self._last_error}); trying {nxt[0]}[{nxt[1]}]")
             pending = failed
