@@ -72,3 +72,16 @@ def test_not_separated_is_one_line_with_the_largest_eps(tmp_path: Path, capsys: 
     assert info.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "measured separation" in err[0] and "needs ε <" in err[0], err
+
+
+@pytest.mark.slow
+def test_default_run_on_mnist_holds(tmp_path: Path) -> None:
+    """The full default demonstration (200 MNIST points, ℓ∞ and ℓ2, auto_LiRPA, A up to 1e6): every claim holds."""
+    out = tmp_path / "proofs.html"
+    code, text = _run(["prove", "--out", str(out)])
+    assert code == 0, text
+    data = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    mnist = [d for d in data["robust"] if d["dataset"] == "mnist"]
+    assert [d["n"] for d in mnist] == [200, 200]
+    assert all(r["certified_ibp"] == 1.0 and r["attack_robust"] == 1.0 for d in mnist for r in d["spike"])
+    assert all(r["certified_lirpa"] == 1.0 for d in mnist if d["norm"] == "inf" for r in d["spike"])
