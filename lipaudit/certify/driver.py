@@ -14,12 +14,13 @@ from lipaudit._progress import Progress
 from lipaudit.certify import _resources
 from lipaudit.certify.lirpa import LIRPA_ERRORS, BoundEngine, margin_matrix, validate_inputs
 from lipaudit.certify.options import CertifyOptions
-from lipaudit.errors import UnsupportedLayerError
+from lipaudit.errors import ShapeError, UnsupportedLayerError
 from lipaudit.types import Method, Norm
 
 __all__ = ["STATUSES", "Certifier", "CertifyResult", "certify"]
 
 _ORDER = (Method.IBP, Method.CROWN_IBP, Method.CROWN, Method.ALPHA_CROWN)
+_MAX_BATCH = 64
 STATUSES = ("certified", "not-certified", "error", "timeout")
 
 
@@ -144,7 +145,7 @@ class Certifier:
 
     def _sized_batch(self, base: int | None) -> int:
         """Batch size from the peak memory of the one-sample run just made (at most 64, or ``batch_size``)."""
-        cap = self.options.batch_size or 64
+        cap = self.options.batch_size or _MAX_BATCH
         peak = _resources.peak_rss_bytes()
         if base is None or peak is None:
             return min(cap, 16)
@@ -179,6 +180,8 @@ class Certifier:
         queue = list(todo)
         self._last_error = ""
         self._batch = self._batches.get((method, mode), self.options.batch_size)
+        if self._batch is None and method is Method.IBP:
+            self._batch = _MAX_BATCH  # IBP keeps only the activations' intervals: no need to measure
         while queue:
             probing = self._batch is None
             base = _resources.rss_bytes() if probing and _resources.reset_peak_rss() else None
@@ -234,7 +237,9 @@ class Certifier:
                 progress: Progress | None = None) -> CertifyResult:
         """Certify every sample at ``eps`` (see :func:`certify`)."""
         method = Method.parse(method)
-        validate_inputs(self.model, x, y, eps)
+        validate_inputs(self.model, x, y, eps, num_classes=self.num_classes)
+        if x.shape[1:] != self.engine.input_shape:
+            raise ShapeError(f"Expected inputs of shape {tuple(self.engine.input_shape)} but got {tuple(x.shape[1:])}")
         start, n_fallbacks = time.perf_counter(), len(self.fallbacks)
         outcomes = self.certify_batch(x, y, float(eps), method)
         if progress is not None:

@@ -142,18 +142,22 @@ def eval_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             module.training = flag
 
 
-def validate_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> int:
-    """Check shapes, labels and ε; return the number of classes ``K``."""
+def validate_inputs(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None, *, num_classes: int | None = None
+) -> int:
+    """Check shapes, labels and ε; return the number of classes ``K`` (a forward pass unless ``num_classes``)."""
     if eps is not None and not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
         raise UsageError(f"Expected a finite ε > 0 but got {eps!r}")
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
         raise ShapeError(f"Expected a float tensor (N, ...) of inputs but got {getattr(x, 'shape', x)!r}")
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
         raise ShapeError(f"Expected integer labels of shape ({x.shape[0]},) but got {getattr(y, 'shape', y)!r}")
-    out = eval_forward(model, x[:1])
-    if out.dim() != 2 or out.shape[1] < 2:
-        raise ShapeError(f"Expected the model to return logits (N, K ≥ 2) but got shape {tuple(out.shape)!r}")
-    k = int(out.shape[1])
+    if num_classes is None:
+        out = eval_forward(model, x[:1])
+        if out.dim() != 2 or out.shape[1] < 2:
+            raise ShapeError(f"Expected the model to return logits (N, K ≥ 2) but got shape {tuple(out.shape)!r}")
+        num_classes = int(out.shape[1])
+    k = num_classes
     if x.shape[0] and (int(y.min()) < 0 or int(y.max()) >= k):
         raise UsageError(f"Expected labels in [0, {k - 1}] but got values in [{int(y.min())}, {int(y.max())}]")
     return k
@@ -235,6 +239,7 @@ class BoundEngine:
         self.options = options
         self.model = prepare_model(model, x_example, norm)
         self._example = torch.zeros_like(x_example[:1])
+        self.input_shape = x_example.shape[1:]
         self._bounded: dict[tuple[str, bool], Any] = {}
 
     @property
