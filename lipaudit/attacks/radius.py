@@ -88,9 +88,9 @@ def minimal_adversarial_radius(
     norm: Norm | str | float,
     *,
     fmn_steps: int = 100,
-    apgd_steps: int = 50,
-    bisection_steps: int = 8,
-    n_targets: int = 3,
+    apgd_steps: int = 30,
+    bisection_steps: int = 7,
+    n_targets: int = 2,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> RadiusReport:
