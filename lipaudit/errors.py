@@ -11,6 +11,7 @@ __all__ = [
     "LipauditError",
     "MissingDependencyError",
     "ModelLoadError",
+    "NonFiniteWeightError",
     "ShapeError",
     "SoundnessViolation",
     "UnsafePickleError",
@@ -89,3 +90,10 @@ class SoundnessViolation(LipauditError):
     """
 
     exit_code = 3
+
+
+class NonFiniteWeightError(LipauditError):
+    """A layer has NaN or infinite weights (or BatchNorm statistics), so none of its operator norms exists.
+
+    Remedy: the message names the layer; retrain or repair the checkpoint (a diverged training run is the usual cause).
+    """

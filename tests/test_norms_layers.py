@@ -26,7 +26,7 @@ def _assert_all_norms(module: nn.Module, shape: tuple[int, ...]) -> None:
     assert operator_norm(module, shape, Norm.LINF) == pytest.approx(linf, rel=1e-6, abs=1e-12)
     lower, upper = l2_bracket(module, shape)
     assert lower <= l2 * (1 + 1e-9) and upper >= l2 * (1 - 1e-12), f"[{lower}, {upper}] misses σ = {l2}"
-    assert upper <= l2 * (1 + 1e-6) + 1e-12
+    assert upper <= l2 * (1 + 1e-3) + 1e-12  # the default target width
 
 
 @given(st.integers(1, 7), st.integers(1, 7), st.integers(0, 2**16))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lipaudit.errors import LipauditError, ShapeError, UsageError
+from lipaudit.errors import NonFiniteWeightError, ShapeError, UsageError
 from lipaudit.types import Norm
 
 __all__ = [
@@ -27,13 +27,6 @@ __all__ = [
 #: Relative slack added to upper bounds computed in floating point (SVD, Gram iteration), so rounding in the last
 #: bits can never turn a certified upper bound into an underestimate.
 UPPER_SLACK = 1e-9
-
-
-class NonFiniteWeightError(LipauditError):
-    """A layer has NaN or infinite weights, so none of its operator norms exists.
-
-    Remedy: the message names the layer; retrain or repair the checkpoint (a diverged training run is the usual cause).
-    """
 
 
 @dataclass(frozen=True)
@@ -103,7 +96,7 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
         >>> check_finite(torch.tensor([1.0, float("nan")]), "conv.weight")
         Traceback (most recent call last):
         ...
-        lipaudit.norms.base.NonFiniteWeightError: Expected finite values in conv.weight but got 1 NaN/inf entries
+        lipaudit.errors.NonFiniteWeightError: Expected finite values in conv.weight but got 1 NaN/inf entries
     """
     bad = int((~torch.isfinite(tensor)).sum().item())
     if bad:
