@@ -75,6 +75,7 @@ class RobustDemo:
     lirpa: str
     spike: tuple[SpikeRow, ...]
     claims: tuple[Claim, ...]
+    picture: str | None = None  # SVG of the decision regions (2-D data only; not part of to_dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -212,8 +213,18 @@ def robust_demo(
                         f"{bad} violations"))
     prog("prove", 2, 4)
     rows = _spike_rows(name, robust, x, y, opts, claims)
+    picture = None
+    if x.shape[1:] == (2,):
+        from proofs.plots import decision_regions_svg
+
+        amp = max(opts.amplitudes)
+        spiked = add_spike(robust, x, y, amp)
+        picture = decision_regions_svg([("f (robust network)", net), (f"f_A, A = {amp:g} (spike in the gap)",
+                                                                      spiked.net)], x, y, norm, eps,
+                                       spike=(spiked.center, spiked.radius))
     prog("prove", 4, 4)
-    return RobustDemo(name, norm, float(eps), n, sep, robust.hidden, margin_ibp, lirpa_note, tuple(rows), tuple(claims))
+    return RobustDemo(name, norm, float(eps), n, sep, robust.hidden, margin_ibp, lirpa_note, tuple(rows),
+                      tuple(claims), picture)
 
 
 def _spike_rows(name: str, robust: RobustNetwork, x: torch.Tensor, y: torch.Tensor, opts: ProofOptions,

@@ -41,7 +41,7 @@ def certified_vs_lipschitz_svg(result: ProofsResult) -> str:
             rows = [r for r in demo.spike if r.lipschitz_lower > 0]
             xs = [math.log10(r.lipschitz_lower) for r in rows]
             ax.plot(xs, [100 * r.certified_ibp for r in rows], "o-", color=colour,
-                    label=f"{demo.dataset}, ℓ{demo.norm}, ε={demo.eps:.3g}")
+                    label=f"{demo.dataset}, {_norm_label(demo.norm)}, ε={demo.eps:.3g}")
             lirpa = [r for r in rows if r.certified_lirpa is not None]
             if lirpa:
                 lx = [math.log10(r.lipschitz_lower) for r in lirpa]
@@ -64,12 +64,16 @@ def rescale_svg(result: ProofsResult) -> str:
             xs = [math.log10(r.product) if r.product else math.log10(r.achieved) for r in rows]
             ys = [100 * r.certified / max(1, getattr(demo, "n", 1)) for r in rows]
             ax.plot(xs, ys, "s-", color=_COLOURS[i % len(_COLOURS)], label=str(getattr(demo, "model", "")))
-        ax.set_xlabel("log₁₀ product-of-norms bound (ℓ∞)")
+        ax.set_xlabel("log₁₀ product-of-norms bound")
         ax.set_ylabel("certified (%)")
         ax.set_ylim(-5, 105)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         return _svg(fig)
+
+
+def _norm_label(norm: Any) -> str:
+    return "ℓ∞" if str(norm) == "inf" else f"ℓ{norm}"
 
 
 def _fmt(v: Any) -> str:
@@ -100,13 +104,16 @@ checked claim; certified numbers are lower bounds on robustness, attack numbers 
 <h2>1. Separation ⇒ a robust ReLU network</h2>
 <table><tr><th>data</th><th>norm</th><th>n</th><th>separation</th><th>ε</th><th>hidden units</th>
 <th>min certified margin (IBP)</th><th>auto_LiRPA</th></tr>
-{% for d in robust %}<tr><td>{{ d.dataset }}</td><td>ℓ{{ d.norm }}</td><td>{{ d.n }}</td>
+{% for d in robust %}<tr><td>{{ d.dataset }}</td><td>{{ nl(d.norm) }}</td><td>{{ d.n }}</td>
 <td>{{ f(d.separation.distance) }}</td><td>{{ f(d.eps) }}</td><td>{{ d.hidden[0] }} + {{ d.hidden[1] }}</td>
 <td>{{ f(d.margin_ibp) }}</td><td>{{ d.lirpa }}</td></tr>{% endfor %}</table>
 
+{% for d in robust if d.picture %}<h3>{{ d.dataset }}, {{ nl(d.norm) }}, ε = {{ f(d.eps) }}: predicted class, data
+points and their ε-balls</h3>{{ d.picture | safe }}{% endfor %}
+
 <h2>2. The spike family f_A: certified robust accuracy vs log L</h2>
 {{ plot_spike }}
-{% for d in robust %}<h3>{{ d.dataset }}, ℓ{{ d.norm }}, ε = {{ f(d.eps) }}</h3>
+{% for d in robust %}<h3>{{ d.dataset }}, {{ nl(d.norm) }}, ε = {{ f(d.eps) }}</h3>
 <table><tr><th>A</th><th>L lower (explicit pair)</th><th>L upper (graph bound)</th><th>certified (IBP)</th>
 <th>certified (auto_LiRPA)</th><th>PGD robust accuracy</th></tr>
 {% for r in d.spike %}<tr><td>{{ f(r.amplitude) }}</td><td>{{ f(r.lipschitz_lower) }}</td>
@@ -116,7 +123,7 @@ checked claim; certified numbers are lower bounds on robustness, attack numbers 
 
 <h2>3. Function-preserving rescaling</h2>
 {{ plot_rescale }}
-{% for d in rescale %}<h3>{{ d.model }}: {{ d.pair.first }} → ReLU → {{ d.pair.second }} (ℓ{{ d.norm }},
+{% for d in rescale %}<h3>{{ d.model }}: {{ d.pair.first }} → ReLU → {{ d.pair.second }} ({{ nl(d.norm) }},
 ε = {{ f(d.eps) }}, {{ d.n }} points, {{ d.method }})</h3>
 <table><tr><th>target factor</th><th>achieved</th><th>λ</th><th>max rel. output diff</th><th>product of norms</th>
 <th>certified</th><th>max rel. margin-bound change</th><th>PGD attacked</th></tr>
@@ -146,7 +153,7 @@ def render_proofs(result: ProofsResult) -> str:
     return env.from_string(_TEMPLATE).render(
         ok=result.ok, claims=claims, n_ok=sum(c.holds for c in claims),
         failed=[c.name for c in claims if not c.holds], time_s=result.time_s, robust=result.robust,
-        rescale=result.rescale, symbolic=result.symbolic, notes=result.notes, f=_fmt,
+        rescale=result.rescale, symbolic=result.symbolic, notes=result.notes, f=_fmt, nl=_norm_label,
         pct=lambda v: "—" if v is None else f"{100 * v:.1f}%",
         plot_spike=Markup(certified_vs_lipschitz_svg(result)),
         plot_rescale=Markup(rescale_svg(result)) if result.rescale else "",
