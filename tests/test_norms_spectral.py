@@ -43,7 +43,7 @@ def _assert_contains(case: ConvCase) -> tuple[float, float]:
 @given(conv_cases())
 def test_bracket_contains_dense_svd(case: ConvCase) -> None:
     lower, upper = _assert_contains(case)
-    assert upper <= lower * (1 + 1e-6) + 1e-12  # small layers take the dense SVD path: the bracket is tight
+    assert upper <= lower * (1 + 1e-3) + 1e-12  # small layers reach the default width (dense path if needed)
 
 
 @given(conv_cases(max_extra=7))
