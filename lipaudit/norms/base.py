@@ -57,11 +57,11 @@ class SpectralBracket:
     """A certified interval around the ℓ2 operator norm (largest singular value) of a linear layer.
 
     Attributes:
-        lower: ``‖M v‖ / ‖v‖`` for the best vector found by power iteration (a lower bound).
+        lower: ``‖M v‖ / ‖v‖`` for the best vector found (Lanczos, or the dense top singular vector): a lower bound.
         upper: the smallest of the valid upper bounds tried (see ``method``).
-        method: which upper bound won: ``"svd"`` (dense SVD), ``"fft"`` (Gram iteration on the Fourier blocks of an
-            enclosing circular convolution), ``"fft-exact"`` (the same, where the layer *is* that circular
-            convolution), ``"holder"`` (``√(‖M‖₁‖M‖∞)``), ``"diagonal"``, ``"separable"``, ``"identity"``,
+        method: which upper bound won: ``"svd"`` (dense matrix), ``"fft"`` (the Fourier blocks of an enclosing
+            circular convolution, see :mod:`lipaudit.norms.spectral`), ``"fft-exact"`` (the same, where the layer
+            *is* that circular convolution), ``"holder"`` (``√(‖M‖₁‖M‖∞)``), ``"diagonal"``, ``"separable"``, ``"identity"``,
             ``"padding-product"`` (valid convolution times the norm of the padding map).
 
     Example:

@@ -1,7 +1,7 @@
 """Operator norms of a dense layer ``y = W x + b`` (``nn.Linear``), applied along the last input dimension.
 
 ``‖W‖₁`` is the largest column abs-sum, ``‖W‖∞`` the largest row abs-sum, ``‖W‖₂`` the largest singular value
-(dense SVD in float64; power iteration from the top right singular vector gives the matching lower end). Applying W
+(dense SVD in float64; ``‖W v‖`` for the top right singular vector v gives the matching lower end). Applying W
 to every row of a (…, in_features) input is ``I ⊗ W``, whose ℓ1/ℓ2/ℓ∞ norms equal those of W.
 """
 
