@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from proofs.robust_net import RobustNetwork, build_robust_network
 from proofs.separation import Separation, largest_eps_message, measure_separation
 from proofs.spike import add_spike, lipschitz_witness
 from proofs.symbolic import SymbolicCheck, run_symbolic_checks
+
+if TYPE_CHECKING:  # rescale_demo imports this module; the annotation only needs the name
+    from proofs.rescale_demo import RescaleDemo
 
 __all__ = ["Claim", "ProofOptions", "ProofsResult", "RobustDemo", "SpikeRow", "robust_demo", "run_proofs",
            "synthetic_2d"]
@@ -111,7 +115,7 @@ class ProofsResult:
     """Everything :func:`run_proofs` found; ``ok`` iff every claim holds."""
 
     robust: tuple[RobustDemo, ...]
-    rescale: tuple[object, ...]
+    rescale: tuple[RescaleDemo, ...]
     symbolic: tuple[SymbolicCheck, ...]
     time_s: float
     notes: tuple[str, ...] = field(default=())
@@ -119,7 +123,7 @@ class ProofsResult:
     @property
     def claims(self) -> list[Claim]:
         out = [c for d in self.robust for c in d.claims]
-        out += [c for d in self.rescale for c in getattr(d, "claims", ())]
+        out += [c for d in self.rescale for c in d.claims]
         out += [Claim(s.name, s.statement, s.holds, s.expression) for s in self.symbolic]
         return out
 
@@ -130,7 +134,7 @@ class ProofsResult:
     def to_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok, "time_s": self.time_s, "robust": [d.to_dict() for d in self.robust],
-            "rescale": [getattr(d, "to_dict", dict)() for d in self.rescale],
+            "rescale": [d.to_dict() for d in self.rescale],
             "symbolic": [s.to_dict() for s in self.symbolic], "notes": list(self.notes),
         }
 

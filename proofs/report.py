@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import html
-import io
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +13,13 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from proofs.demo import ProofsResult
+from proofs.plots import COLOURS, RC, svg
 
 __all__ = ["certified_vs_lipschitz_svg", "render_proofs", "rescale_svg", "write_proofs"]
 
-_RC: Any = {"svg.fonttype": "none", "svg.hashsalt": "lipaudit-proofs", "font.size": 9, "axes.spines.top": False,
-            "axes.spines.right": False}
-_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9"]
-
-
-def _svg(fig: Figure) -> str:
-    buf = io.StringIO()
-    with matplotlib.rc_context(_RC):
-        fig.savefig(buf, format="svg", bbox_inches="tight")
-    text = buf.getvalue()
-    return re.sub(r"<metadata>.*?</metadata>", "", text[text.index("<svg"):], flags=re.S)
+_RC = RC
+_COLOURS = COLOURS
+_svg = svg
 
 
 def certified_vs_lipschitz_svg(result: ProofsResult) -> str:
@@ -60,10 +51,9 @@ def rescale_svg(result: ProofsResult) -> str:
         fig = Figure(figsize=(6.4, 3.0), layout="constrained")
         ax = fig.add_subplot()
         for i, demo in enumerate(result.rescale):
-            rows = getattr(demo, "rows", ())
-            xs = [math.log10(r.product) if r.product else math.log10(r.achieved) for r in rows]
-            ys = [100 * r.certified / max(1, getattr(demo, "n", 1)) for r in rows]
-            ax.plot(xs, ys, "s-", color=_COLOURS[i % len(_COLOURS)], label=str(getattr(demo, "model", "")))
+            xs = [math.log10(r.product) if r.product else math.log10(r.achieved) for r in demo.rows]
+            ys = [100 * r.certified / max(1, demo.n) for r in demo.rows]
+            ax.plot(xs, ys, "s-", color=_COLOURS[i % len(_COLOURS)], label=demo.model)
         ax.set_xlabel("log₁₀ product-of-norms bound")
         ax.set_ylabel("certified (%)")
         ax.set_ylim(-5, 105)
