@@ -61,8 +61,8 @@ class SpectralBracket:
         upper: the smallest of the valid upper bounds tried (see ``method``).
         method: which upper bound won: ``"svd"`` (dense matrix), ``"fft"`` (the Fourier blocks of an enclosing
             circular convolution, see :mod:`lipaudit.norms.spectral`), ``"fft-exact"`` (the same, where the layer
-            *is* that circular convolution), ``"holder"`` (``√(‖M‖₁‖M‖∞)``), ``"diagonal"``, ``"separable"``, ``"identity"``,
-            ``"padding-product"`` (valid convolution times the norm of the padding map).
+            *is* that circular convolution), ``"holder"`` (``√(‖M‖₁‖M‖∞)``), ``"diagonal"``, ``"separable"``,
+            ``"identity"``, ``"padding-product"`` (valid convolution times the norm of the padding map).
 
     Example:
         >>> b = SpectralBracket(1.0, 1.001, "fft")
