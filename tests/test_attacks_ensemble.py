@@ -134,8 +134,10 @@ def test_masked_gradients_trigger_zero_gradient_noise_and_large_eps_flags() -> N
     rep = evaluate_attacks(model, x, y, Norm.LINF, [0.2], attacks=[PGD(Norm.LINF, steps=3, random_start=False)])
     codes = {f.code for f in rep.flags}
     assert {"zero-gradients", "weaker-than-noise", "large-eps-robust"} <= codes
-    # points broken only by noise still count as attacked
+    # points broken only by noise still count as attacked, and the noise passes are accounted for
     assert rep.results[0].attacked[:2] == (True, True) and rep.results[0].noise_attacked >= 2
+    noise = [c for c in rep.check_stats if c.name == "random-noise"]
+    assert len(noise) == 1 and noise[0].forward_passes == 16 and noise[0].backward_passes == 0
 
 
 class _Noisy(nn.Module):
@@ -184,6 +186,8 @@ def test_accounting_denominator_modes_and_json() -> None:
         assert (s.forward_passes, s.backward_passes) == (2 * 5 + 1, 2 * 4)  # restarts·(steps + 1) + verification
         assert s.forward_samples == 9 * 11 and s.wall_time_s > 0
     assert calls[-1] == ("attacks", 3, 3)
+    (check,) = rep.check_stats  # noise baseline off; the large-ε check ran the first attack once more
+    assert check.name == "large-eps:pgd-ce" and check.eps == 1.0 and check.forward_passes == 2 * 5 + 1
     d = rep.to_dict()
     text = json.dumps(d, allow_nan=False)
     assert "ALL evaluated points" in d["denominator"] and "x_adv" not in text

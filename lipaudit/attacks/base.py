@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar
@@ -121,7 +122,7 @@ def check_eps(eps: float | Tensor, n: int, *, device: torch.device, dtype: torch
         if not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
             raise UsageError(f"Expected every ε to be a finite number > 0 but got {t.tolist()!r}")
         return t.clone()
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not eps > 0:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or not eps > 0:
         raise UsageError(f"Expected ε to be a finite number > 0 but got {eps!r}")
     return torch.full((n,), float(eps), device=device, dtype=dtype)
 

@@ -109,7 +109,8 @@ class AttackReport:
     """Attack evaluation of a batch at several ε (ascending), with flags and cost accounting.
 
     Robust accuracy counts over all evaluated points (see :data:`DENOMINATOR`) and is an upper bound on the true
-    robust accuracy (``is_certified`` is False for every attack).
+    robust accuracy (``is_certified`` is False for every attack). ``check_stats`` accounts for the passes spent on
+    the sanity checks (``"random-noise"`` per ε, ``"large-eps:<attack>"``).
     """
 
     norm: Norm
@@ -120,6 +121,7 @@ class AttackReport:
     flags: tuple[Flag, ...]
     attacks: tuple[str, ...]
     wall_time_s: float
+    check_stats: tuple[AttackStats, ...] = ()
     denominator: str = DENOMINATOR
 
     @property
@@ -147,6 +149,7 @@ class AttackReport:
             "results": [r.to_dict() for r in self.results],
             "flags": [f.to_dict() for f in self.flags],
             "attacks": list(self.attacks),
+            "check_stats": [c.to_dict() for c in self.check_stats],
             "wall_time_s": self.wall_time_s,
             "denominator": self.denominator,
             "direction": "upper bound on robust accuracy (attacks)",
@@ -225,6 +228,7 @@ def evaluate_attacks(
     gen.manual_seed(seed)
     flags: list[Flag] = []
     results: list[EpsResult] = []
+    check_stats: list[AttackStats] = []
     total = len(eps_sorted) * len(chosen) + (1 if large_eps_check else 0)
     done = 0
     with eval_mode(model):
@@ -262,12 +266,18 @@ def evaluate_attacks(
             noise_hits = 0
             if noise_samples > 0 and n:
                 idx = correct.nonzero().flatten()
-                noisy, hit = noise_attack(model, x[idx], y[idx], norm, eps, noise_samples, gen)
+                counted = CountingModel(model)
+                t0 = time.perf_counter()
+                noisy, hit = noise_attack(counted, x[idx], y[idx], norm, eps, noise_samples, gen)
                 noise_only = hit & ~attacked[idx]
                 noise_hits = int(hit.sum())
                 flags += check_noise_baseline(eps, int(noise_only.sum()), n)
                 x_adv[idx[noise_only]] = noisy[noise_only]
                 attacked[idx[noise_only]] = True
+                check_stats.append(
+                    AttackStats("random-noise", eps, int(idx.numel()), noise_hits, _fraction(~attacked),
+                                **counted.counts(), wall_time_s=time.perf_counter() - t0)
+                )
             this_eps_acc.append(_fraction(~attacked))
             carried = prev_attacked & ~attacked
             x_adv = torch.where(_view(carried, x), prev_adv, x_adv)
@@ -288,9 +298,13 @@ def evaluate_attacks(
         if large_eps_check and chosen and bool(correct.any()):
             big = box_covering_eps(norm, x[0].numel())
             idx = correct.nonzero().flatten()
-            _, hit, _, _ = _run_attack(chosen[0], model, x[idx], y[idx], big)
+            _, hit, counts, seconds = _run_attack(chosen[0], model, x[idx], y[idx], big)
+            check_stats.append(
+                AttackStats(f"large-eps:{chosen[0].name}", big, int(idx.numel()), int(hit.sum()),
+                            (int(correct.sum()) - int(hit.sum())) / n, **counts, wall_time_s=seconds)
+            )
             flags += check_large_eps(float((~hit).float().mean()), big, int(clean.argmax(1).unique().numel()))
-            report("attacks", total, total)
+        report("attacks", total, total)
     return AttackReport(
         norm=norm,
         n=n,
@@ -300,4 +314,5 @@ def evaluate_attacks(
         flags=tuple(flags),
         attacks=tuple(a.name for a in chosen),
         wall_time_s=time.perf_counter() - start,
+        check_stats=tuple(check_stats),
     )
