@@ -156,6 +156,7 @@ def measure_separation(
 def largest_eps_message(sep: Separation, eps: float, name: str = "the data") -> str:
     """The one-line statement used when ``sep > 2ε`` fails."""
     return (
-        f"{name} is not separated at ε={eps:g} in ℓ{sep.norm}: measured separation {sep.distance:.6g} "
+        f"{name} is not separated at ε={eps:g} in {'ℓ∞' if sep.norm is Norm.LINF else f'ℓ{sep.norm}'}: "
+        f"measured separation {sep.distance:.6g} "
         f"(points {sep.pair[0]} and {sep.pair[1]}) ≤ 2ε = {2 * eps:.6g}; the construction needs ε < {sep.max_eps:.6g}"
     )
