@@ -227,3 +227,26 @@ def test_lp_backward_methods_over_the_memory_budget_give_way_to_crown_ibp() -> N
     assert set(result.method_used) == {"CROWN-IBP[patches]"}
     assert any("CROWN skipped" in note for note in result.fallbacks), result.fallbacks
     assert certify(model, x, y, "inf", 0.01, "CROWN", options=tight).method_used[0] == "CROWN[patches]"
+
+
+class _InlineNormalize(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.4, 0.5]).view(1, 2, 1, 1))
+        self.register_buffer("std", torch.tensor([0.3, 0.2]).view(1, 2, 1, 1))
+        self.conv = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.fc = nn.Linear(36, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv((x - self.mean) / self.std)).flatten(1))
+
+
+def test_per_channel_constant_that_fails_for_batches_is_certified_one_at_a_time() -> None:
+    torch.manual_seed(0)  # auto_LiRPA 0.3 asserts on a per-channel constant in patches mode with batch > 1
+    model = _InlineNormalize().eval()
+    x = torch.rand(5, 2, 6, 6)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    result = certify(model, x, y, "inf", 0.01, "CROWN", options=CertifyOptions(batch_size=5))
+    assert set(result.method_used) == {"CROWN[patches]"} and result.batch_size == 1
+    assert any("one sample at a time" in f for f in result.fallbacks)

@@ -52,6 +52,20 @@ class _Residual(nn.Module):
         return self.head(torch.relu(self.bn(self.conv(h)) + h))
 
 
+class _InlineNormalize(nn.Module):
+    """Normalisation written inside ``forward`` (not lipaudit's Normalize, so it is not folded)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.linspace(0.3, 0.6, c).view(1, c, 1, 1))
+        self.register_buffer("std", torch.linspace(0.2, 0.3, c).view(1, c, 1, 1))
+        self.conv = nn.Conv2d(c, 4, 3, stride=2, padding=1)
+        self.fc = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv((x - self.mean) / self.std)).flatten(1))
+
+
 def _bn(c: int) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(c)
     assert bn.running_mean is not None and bn.running_var is not None
@@ -83,13 +97,15 @@ def build(arch: str, c: int, seed: int) -> nn.Module:
         "tanh": lambda: nn.Sequential(nn.Flatten(), nn.Linear(c * 36, 8), nn.Tanh(), nn.Linear(8, 3)),
         "normalize_first": lambda: nn.Sequential(Normalize([0.4] * c, [0.3] * c),
                                                  nn.Conv2d(c, 4, 3, stride=2, padding=1), nn.ReLU(), *head),
+        "inline_normalize": lambda: _InlineNormalize(c),
         "relu_first": lambda: nn.Sequential(nn.ReLU(), nn.Conv2d(c, 4, 3, stride=2, padding=1), nn.ReLU(), *head),
     }
     return nets[arch]().eval()
 
 
 ARCHS = ["linear", "conv_stride_pad", "conv_nopad", "grouped", "batchnorm", "batchnorm_first", "avgpool",
-         "avgpool_first", "maxpool", "view", "residual", "sigmoid", "tanh", "normalize_first", "relu_first"]
+         "avgpool_first", "maxpool", "view", "residual", "sigmoid", "tanh", "normalize_first", "inline_normalize",
+         "relu_first"]
 EPS = {Norm.LINF: (0.01, 0.05, 0.2), Norm.L2: (0.05, 0.2, 1.0), Norm.L1: (0.1, 0.5, 2.0)}
 
 
@@ -175,7 +191,8 @@ def test_bounds_are_sound_on_random_networks(arch: str, c: int, seed: int, norm:
     check_sound(arch, c, seed, norm, method, mode, EPS[norm][eps_index], n_samples=150, pgd_steps=10)
 
 
-@pytest.mark.parametrize("arch", ["relu_first", "avgpool_first", "normalize_first", "batchnorm_first"])
+@pytest.mark.parametrize("arch", ["relu_first", "avgpool_first", "normalize_first", "inline_normalize",
+                                  "batchnorm_first"])
 @pytest.mark.parametrize("norm", [Norm.L2, Norm.L1])
 def test_lp_inputs_through_a_non_affine_first_layer_are_sound(arch: str, norm: Norm) -> None:
     """The configurations auto_LiRPA 0.3 gets wrong without lipaudit's ℓp input guard, with IBP and CROWN."""
@@ -217,3 +234,24 @@ def test_sampler_stays_in_the_set() -> None:
         pts = sample_set(x, norm, 0.3, 50, gen)
         dist = torch.linalg.vector_norm((pts - x).flatten(1), ord=norm.p, dim=1)
         assert dist.max() <= 0.3 + 1e-6 and math.isclose(dist.max().item(), 0.3, rel_tol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", list(Norm))
+def test_small_cifar_resnet_certificates_survive_pgd(norm: Norm) -> None:
+    """The zoo's residual network on CIFAR-shaped inputs: CROWN certificates against a 100-step PGD."""
+    from lipaudit import zoo
+    from lipaudit.certify import certify
+
+    torch.manual_seed(0)
+    model = zoo.small_resnet(in_channels=3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    eps = {Norm.LINF: 1 / 255, Norm.L2: 0.1, Norm.L1: 1.0}[norm]
+    result = certify(model, x, y, norm, eps, Method.CROWN)
+    assert result.num_certified > 0, result.to_dict()
+    cert = result.certified
+    x_adv = PGD(norm, steps=100, loss="margin").perturb(model, x[cert], y[cert], eps)
+    with torch.no_grad():
+        assert bool((model(x_adv).argmax(dim=1) == y[cert]).all()), "PGD broke a certified point"
