@@ -166,3 +166,21 @@ def test_norms_on_cuda_match_cpu() -> None:
         assert (a.name, a.l1_method, a.l2_method) == (b.name, b.l1_method, b.l2_method)
         assert b.l1 == pytest.approx(a.l1, rel=1e-5) and b.linf == pytest.approx(a.linf, rel=1e-5)
         assert b.l2_upper == pytest.approx(a.l2_upper, rel=1e-6)
+
+
+def test_wide_linear_uses_certified_cholesky_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipaudit.norms import linear as linear_module
+
+    monkeypatch.setattr(linear_module, "_SVD_SIDE_LIMIT", 4)
+    weight = torch.randn(7, 9, dtype=torch.float64)
+    sigma = float(torch.linalg.matrix_norm(weight, ord=2))
+    bracket = linear_module.linear_spectral_bracket(weight)
+    assert bracket.method == "cholesky"
+    assert bracket.lower <= sigma * (1 + 1e-12) <= bracket.upper * (1 + 1e-12) <= sigma * (1 + 1e-3)
+
+
+def test_half_precision_weights_are_summed_in_float32() -> None:
+    conv = fill_weights(nn.Conv2d(4, 4, 3, padding=1), 1)
+    want = operator_norm(conv, (4, 6, 6), 1)
+    got = operator_norm(conv.to(torch.bfloat16), (4, 6, 6), 1)
+    assert got == pytest.approx(want, rel=1e-2)

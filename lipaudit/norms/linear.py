@@ -12,9 +12,14 @@ import math
 import torch
 
 from lipaudit.norms.base import NormValue, SpectralBracket, check_finite, safe_upper
+from lipaudit.norms.blocks import cholesky_upper
+from lipaudit.norms.spectral import lanczos_lower
 from lipaudit.types import Norm
 
 __all__ = ["linear_exact_norms", "linear_spectral_bracket"]
+
+#: Above this smaller side, the dense SVD gives way to a Cholesky certificate and Lanczos.
+_SVD_SIDE_LIMIT = 2048
 
 
 def linear_exact_norms(weight: torch.Tensor, what: str = "the linear weight") -> dict[Norm, NormValue]:
@@ -33,8 +38,9 @@ def linear_exact_norms(weight: torch.Tensor, what: str = "the linear weight") ->
     return {Norm.L1: NormValue(l1, "matrix"), Norm.LINF: NormValue(linf, "matrix")}
 
 
-def linear_spectral_bracket(weight: torch.Tensor) -> SpectralBracket:
-    """``[‖W v‖, σ_max(W)·(1+1e-9)]`` with v the top right singular vector (dense SVD in float64).
+def linear_spectral_bracket(weight: torch.Tensor, *, tol: float = 1e-3) -> SpectralBracket:
+    """``[‖W v‖, σ_max(W)·(1+1e-9)]``: dense SVD in float64 with v the top right singular vector; for matrices whose
+    smaller side exceeds 2048, a Cholesky-certified upper bound within ``tol`` and a Lanczos lower bound.
 
     Example:
         >>> b = linear_spectral_bracket(torch.tensor([[3.0, 0.0], [0.0, -4.0]]))
@@ -45,6 +51,11 @@ def linear_spectral_bracket(weight: torch.Tensor) -> SpectralBracket:
     w = weight.detach().to(torch.float64)
     if w.numel() == 0:
         return SpectralBracket(0.0, 0.0, "svd")
+    if min(w.shape) > _SVD_SIDE_LIMIT:
+        upper = cholesky_upper(w[None], tol=tol / 10)
+        lower, _ = lanczos_lower(lambda x: x @ w.T, (w.shape[1],), dtype=torch.float64, device=w.device,
+                                 upper=upper, tol=tol)
+        return SpectralBracket(min(lower, upper), max(lower, upper), "cholesky")
     _, s, vh = torch.linalg.svd(w, full_matrices=False)
     lower = float(torch.linalg.vector_norm(w @ vh[0]))
     upper = safe_upper(float(s[0]))

@@ -66,6 +66,8 @@ def _conv_parts(module: nn.Module, shape: Shape, name: str) -> tuple[torch.Tenso
 
 def _conv_exact(module: nn.Module, shape: Shape, name: str, dtype: torch.dtype | None) -> dict[Norm, NormValue]:
     weight, geom, groups, transposed = _conv_parts(module, shape, name)
+    if dtype is None and weight.dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32  # abs-sums of many half-precision terms lose digits
     try:
         return conv_exact_norms(weight if dtype is None else weight.to(dtype), geom, groups, transpose=transposed)
     except NonFiniteWeightError:
@@ -87,12 +89,14 @@ def _linear_exact(module: nn.Module, shape: Shape, name: str, dtype: torch.dtype
     if not shape or shape[-1] != lin.in_features:
         raise ShapeError(f"Expected an input shape ending in {lin.in_features} for {name or 'Linear'} but got "
                          f"{shape!r}")
+    if dtype is None and lin.weight.dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32  # abs-sums of many half-precision terms lose digits
     return linear_exact_norms(lin.weight if dtype is None else lin.weight.to(dtype), f"{name or 'Linear'}.weight")
 
 
 def _linear_spectral(module: nn.Module, shape: Shape, name: str, exact: dict[Norm, NormValue], tol: float
                      ) -> SpectralBracket:
-    return linear_spectral_bracket(cast(nn.Linear, module).weight)
+    return linear_spectral_bracket(cast(nn.Linear, module).weight, tol=tol)
 
 
 def _diagonal_scale(module: nn.Module, shape: Shape, name: str) -> torch.Tensor:
