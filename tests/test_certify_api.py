@@ -230,6 +230,9 @@ def test_lp_backward_methods_over_the_memory_budget_give_way_to_crown_ibp() -> N
 
 
 class _InlineNormalize(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor([0.4, 0.5]).view(1, 2, 1, 1))

@@ -55,6 +55,9 @@ class _Residual(nn.Module):
 class _InlineNormalize(nn.Module):
     """Normalisation written inside ``forward`` (not lipaudit's Normalize, so it is not folded)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, c: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.linspace(0.3, 0.6, c).view(1, c, 1, 1))
