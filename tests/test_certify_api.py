@@ -253,3 +253,20 @@ def test_per_channel_constant_that_fails_for_batches_is_certified_one_at_a_time(
     result = certify(model, x, y, "inf", 0.01, "CROWN", options=CertifyOptions(batch_size=5))
     assert set(result.method_used) == {"CROWN[patches]"} and result.batch_size == 1
     assert any("one sample at a time" in f for f in result.fallbacks)
+
+
+def test_deadline_interrupts_and_gives_back_an_outer_timer() -> None:
+    import signal
+
+    from lipaudit.certify import _resources
+
+    previous = signal.signal(signal.SIGALRM, lambda *_: None)
+    signal.setitimer(signal.ITIMER_REAL, 30.0)
+    try:
+        with pytest.raises(_resources.Deadline), _resources.deadline(0.05):
+            time.sleep(5)
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 25.0 < remaining <= 30.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -6,6 +6,7 @@ import contextlib
 import math
 import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
@@ -47,12 +48,15 @@ def deadline(seconds: float) -> Iterator[bool]:
         raise Deadline(f"time budget of {seconds:g} s spent")
 
     previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield True
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer > 0:  # give back a timer the caller had running
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3), interval)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
