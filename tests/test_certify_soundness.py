@@ -251,7 +251,7 @@ def test_small_cifar_resnet_certificates_survive_pgd(norm: Norm) -> None:
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
-    eps = {Norm.LINF: 1 / 255, Norm.L2: 0.1, Norm.L1: 1.0}[norm]
+    eps = {Norm.LINF: 1 / 255, Norm.L2: 0.02, Norm.L1: 0.05}[norm]
     result = certify(model, x, y, norm, eps, Method.CROWN)
     assert result.num_certified > 0, result.to_dict()
     cert = result.certified
