@@ -176,6 +176,40 @@ def test_import_leaves_warning_filters_and_logging_alone() -> None:
     assert results["filters_unchanged"] == "ok", results
 
 
+def _lp_margins(norm: str) -> torch.Tensor:
+    from lipaudit import zoo
+    from lipaudit.certify.lirpa import margin_bounds
+
+    torch.manual_seed(0)
+    model = zoo.small_resnet(in_channels=1, width=4).eval()
+    x = torch.rand(2, 1, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    return margin_bounds(model, x, y, norm, 0.05, "CROWN")
+
+
+@pytest.mark.parametrize("norm", ["2", "1"])
+def test_lp_patches_need_no_dense_matrix_and_give_the_same_bounds(norm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    perturbations = _lirpa().perturbations
+    fixed = perturbations.PerturbationLpNorm.concretize_patches
+    if not getattr(fixed, "_lipaudit_fix", False):
+        pytest.skip("the installed auto_LiRPA concretises ℓp patches without dense matrices")
+
+    def no_dense(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError("dense patches matrix built")
+
+    with monkeypatch.context() as m:
+        m.setattr(perturbations, "patches_to_matrix", no_dense)
+        ours = _lp_margins(norm)  # never builds a dense matrix
+        m.setattr(perturbations.PerturbationLpNorm, "concretize_patches", fixed.__wrapped__)
+        with pytest.raises(MemoryError):
+            _lp_margins(norm)  # auto_LiRPA's own path does
+    monkeypatch.setattr(perturbations.PerturbationLpNorm, "concretize_patches", fixed.__wrapped__)
+    dense = _lp_margins(norm)
+    finite = torch.isfinite(dense)
+    assert torch.allclose(ours[finite], dense[finite], atol=1e-6), (ours, dense)
+
+
 def test_missing_auto_lirpa_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lirpa_mod, "_lirpa", None)
     real = importlib.util.find_spec

@@ -238,6 +238,57 @@ def _shape_inference_apply() -> None:
     bound_general.parse_module = parse_module
 
 
+# --- (g) ℓp concretisation of patches without dense matrices ------------------------------------------------
+# What: ``PerturbationLpNorm.concretize_patches`` (``auto_LiRPA/perturbations.py``) turns the patches of every
+# intermediate layer into a dense (batch, neurons, C, H, W) matrix (``patches_to_matrix``) to take dual norms.
+# Why: memory — on a small CIFAR ResNet with ℓ2 that was killed at 24 GB. Each dense row is one patch placed on
+# the input with the zero padding cut away, so its dual norm is the norm of the patch times the 0/1 mask of
+# in-image positions (the unfolded all-ones image), and the centre term is ``Patches.matmul(x)`` as for ℓ∞.
+
+
+def _lp_patches_needed() -> bool:
+    perturbations = importlib.import_module("auto_LiRPA.perturbations")
+    method = perturbations.PerturbationLpNorm.concretize_patches
+    if getattr(method, "_lipaudit_fix", False):
+        return False
+    try:
+        return "patches_to_matrix" in inspect.getsource(method)
+    except (OSError, TypeError):
+        return False
+
+
+def _lp_patches_apply() -> None:
+    perturbations: Any = importlib.import_module("auto_LiRPA.perturbations")
+    patches_mod: Any = importlib.import_module("auto_LiRPA.patches")
+    cls = perturbations.PerturbationLpNorm
+    original = cls.concretize_patches
+    if getattr(original, "_lipaudit_fix", False):
+        return
+
+    @functools.wraps(original)
+    def concretize_patches(self: Any, x: torch.Tensor, A: Any, sign: int, extra_constr: Any) -> Any:
+        pieces = A.patches
+        if self.norm == np.inf or A.identity or extra_constr is not None or pieces.ndim != 7 - 2 * (
+            A.unstable_idx is not None
+        ):
+            return original(self, x, A, sign, extra_constr)
+        center = A.matmul(x)
+        mask = patches_mod.inplace_unfold(
+            torch.ones_like(x[:1]), kernel_size=pieces.shape[-2:], padding=A.padding, stride=A.stride,
+            inserted_zeros=A.inserted_zeros, output_padding=A.output_padding,
+        )  # (1, out_h, out_w, C, kh, kw): 1 where the patch entry lands inside the image
+        if A.unstable_idx is None:
+            deviation = (pieces * mask.unsqueeze(0)).flatten(-3).norm(p=self.dual_norm, dim=-1).transpose(0, 1)
+        else:
+            mask = mask.unsqueeze(0).expand(A.output_shape[1], -1, -1, -1, -1, -1, -1)
+            mask = mask[A.unstable_idx[0], :, A.unstable_idx[1], A.unstable_idx[2]]  # (U, 1, C, kh, kw)
+            deviation = (pieces * mask).flatten(-3).norm(p=self.dual_norm, dim=-1).transpose(0, 1)
+        return center + sign * deviation * self.eps
+
+    concretize_patches._lipaudit_fix = True  # type: ignore[attr-defined]
+    cls.concretize_patches = concretize_patches
+
+
 FIXES: tuple[Fix, ...] = (
     Fix("numpy_arraysetops", "pre", "alias module numpy.lib.arraysetops (numpy 2)", _arraysetops_needed,
         _arraysetops_apply),
@@ -249,6 +300,8 @@ FIXES: tuple[Fix, ...] = (
         _named_members_needed, _named_members_apply),
     Fix("onnx_shape_inference_off", "post", "parse with ONNX shape inference off (symbolic batch size)",
         _shape_inference_needed, _shape_inference_apply),
+    Fix("lp_patches_dense", "post", "ℓp bounds from patches without dense matrices (memory)", _lp_patches_needed,
+        _lp_patches_apply),
 )
 
 
