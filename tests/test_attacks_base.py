@@ -199,3 +199,14 @@ def test_model_output_not_logits_is_a_shape_error(head: nn.Module) -> None:
 def test_inputs_outside_the_unit_box_are_rejected() -> None:
     with pytest.raises(UsageError, match=r"\[0, 1\]"):
         FGSM(Norm.LINF).perturb(nn.Linear(2, 2), torch.full((1, 2), 2.0), torch.zeros(1, dtype=torch.long), 0.1)
+
+
+def test_attacks_work_inside_no_grad_and_do_not_track_the_input() -> None:
+    model = nn.Linear(3, 2)
+    x = 0.25 + 0.5 * torch.rand(4, 3)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        x_adv = APGD(Norm.LINF, steps=3).perturb(model, x, y, 0.1)
+        x_min, _ = FMN(Norm.L2, steps=3).minimize(model, x, y)
+    assert not x_adv.requires_grad and x_adv.grad_fn is None and x_min.grad_fn is None
+    assert float((x_adv - x).abs().max()) > 0

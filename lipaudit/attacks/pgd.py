@@ -22,8 +22,8 @@ class PGD(Attack):
     (sign for ℓ∞, normalised gradient for ℓ2, a sparse top-k step for ℓ1) and Π the projection onto the threat
     model. Madry et al., *Towards Deep Learning Models Resistant to Adversarial Attacks*, arXiv 1706.06083.
 
-    Per sample and over all restarts, the attack returns a misclassified iterate if it met one, otherwise the iterate
-    with the largest loss (so it is also the right inner maximiser for adversarial training).
+    Per sample, the attack returns the first misclassified iterate it met (over all restarts), otherwise the final
+    iterate of the restart with the largest final loss (Madry et al.'s inner maximiser for adversarial training).
 
     Args:
         norm: threat-model norm.
@@ -72,10 +72,14 @@ class PGD(Attack):
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
         gen = self.generator(x.device)
-        alpha = eps * 2.5 / self.steps if self.step_size is None else torch.full_like(eps, self.step_size)
+        alpha = _view(eps * 2.5 / self.steps if self.step_size is None else torch.full_like(eps, self.step_size), x)
+        if self.norm is Norm.LINF:  # the ℓ∞ projection is one clamp between precomputed bounds
+            lower = (x - _view(eps, x)).clamp(min=0.0)
+            upper = (x + _view(eps, x)).clamp(max=1.0)
+        found = torch.zeros_like(eps, dtype=torch.bool)
+        x_found = x.clone()
         best = x.clone()
         best_loss = torch.full_like(eps, -math.inf)
-        found = torch.zeros_like(eps, dtype=torch.bool)
         for _ in range(self.restarts):
             x_adv = random_in_ball(x, eps, self.norm, gen) if self.random_start else x.clone()
             for step in range(self.steps + 1):
@@ -85,13 +89,17 @@ class PGD(Attack):
                     with torch.no_grad():
                         z = model(x_adv)
                         loss = self._loss_fn(z, y)
-                wrong = z.argmax(1) != y
-                loss = torch.nan_to_num(loss, nan=-math.inf)
-                take = (wrong & ~found) | (~found & ~wrong & (loss > best_loss)) | (found & wrong & (loss > best_loss))
-                best = torch.where(_view(take, x), x_adv, best)
-                best_loss = torch.where(take, loss, best_loss)
-                found = found | wrong
-                if step < self.steps:
-                    d = steepest_direction(g, x_adv, self.norm)
-                    x_adv = project(x_adv + d * _view(alpha, x), x, eps, self.norm)
-        return best
+                new = (z.argmax(1) != y) & ~found
+                if bool(new.any()):
+                    x_found[new] = x_adv[new]
+                    found |= new
+                if step == self.steps:
+                    break
+                if self.norm is Norm.LINF:
+                    x_adv = torch.addcmul(x_adv, g.sign(), alpha).clamp_(lower, upper)
+                else:
+                    x_adv = project(x_adv + steepest_direction(g, x_adv, self.norm) * alpha, x, eps, self.norm)
+            better = torch.nan_to_num(loss, nan=-math.inf) > best_loss
+            best = torch.where(_view(better, x), x_adv, best)
+            best_loss = torch.where(better, loss, best_loss)
+        return torch.where(_view(found, x), x_found, best)
