@@ -38,7 +38,10 @@ __all__ = [
     "eval_forward",
     "load_auto_lirpa",
     "margin_bounds",
+    "margin_matrix",
     "output_bounds",
+    "prepare_model",
+    "scatter_margins",
     "validate_inputs",
 ]
 
