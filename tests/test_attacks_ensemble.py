@@ -75,6 +75,26 @@ def test_ensemble_misses_no_point_exhaustive_search_breaks(norm: Norm, eps: floa
     assert not [f for f in rep.flags if f.severity == "error"], rep.flags
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", [Norm.LINF, Norm.L2, Norm.L1])
+def test_ensemble_matches_a_finer_exhaustive_search_over_many_radii(norm: Norm) -> None:
+    net = _tiny_relu_net()
+    x = 0.3 + 0.4 * torch.rand(400, 2)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    attacks = default_attacks(norm, steps=30, n_targets=2, restarts=8)
+    eps_list = [0.02, 0.05, 0.1, 0.15]
+    rep = evaluate_attacks(net, x, y, norm, eps_list, attacks=attacks)
+    for eps, res in zip(eps_list, rep.results, strict=True):
+        g = _ball_grid(norm, res=301)
+        pts = x[:, None, :] + eps * g[None]
+        with torch.no_grad():
+            best = margin(net(pts.reshape(-1, 2)), y.repeat_interleave(g.shape[0])).view(x.shape[0], -1).amin(1)
+        missed = ((best <= -1e-3) & ~torch.tensor(res.attacked)).nonzero().flatten().tolist()
+        assert not missed, f"ε={eps}: the ensemble missed {missed} (grid margins {best[missed]})"
+    assert not [f for f in rep.flags if f.severity == "error"], rep.flags
+
+
 class _OnlyBelow(Attack):
     """A deliberately unreliable attack: it 'finds' the label-flipping point only when ε < 0.1."""
 
