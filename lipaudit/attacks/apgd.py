@@ -86,7 +86,7 @@ class APGD(Attack):
             raise UsageError(f"Expected rho in (0, 1) but got {rho!r}")
         self.loss = "dlr-targeted" if targeted else str(loss).lower()
         self.targeted = bool(targeted)
-        self._loss_fn = None if targeted else resolve_loss(self.loss)
+        self._loss_fn = resolve_loss(loss)  # validated even when targeted (where the targeted loss replaces it)
         self.steps = steps
         self.restarts = restarts
         self.n_targets = n_targets
@@ -119,7 +119,6 @@ class APGD(Attack):
 
                 fn: LossFn = loss_fn
             else:
-                assert self._loss_fn is not None  # set whenever not targeted
                 fn = self._loss_fn
             x_run, hit = self._run(model, x[todo], y[todo], eps[todo], fn, gen, random_start=r > 0 or t > 0)
             best[todo] = x_run
