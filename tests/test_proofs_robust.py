@@ -157,3 +157,14 @@ def test_lirpa_certifies_the_constructed_networks() -> None:
     for net in (base.net, add_spike(base, x, y, 1e6).net):
         res = lirpa.certify(net, x, y, "inf", 0.15, "IBP")
         assert res.num_certified == 4, res.status
+
+
+def test_lirpa_alpha_crown_certifies_the_l2_construction() -> None:
+    lirpa = pytest.importorskip("lipaudit.certify")
+    x = torch.tensor([[0.1, 0.2], [0.8, 0.9], [0.2, 0.9], [0.9, 0.1], [0.5, 0.5]])
+    y = torch.tensor([0, 1, 1, 0, 2])
+    eps = 0.4 * measure_separation(x, y, "2").distance
+    base = build_robust_network(x, y, "2", eps)
+    for net in (base.net, add_spike(base, x, y, 1e6).net):
+        res = lirpa.certify(net, x, y, "2", eps, "alpha-CROWN")
+        assert res.num_certified == 5, res.status
