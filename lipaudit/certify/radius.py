@@ -177,20 +177,21 @@ def _bisect(
                 errors.append(outcome.message)
         return None
 
+    # Gallop up from the lower end (doubling, below a given upper end), then bisect.
     eps = min(2 * lo if lo > 0 else _START[norm], cap)
     if hi is not None:
         eps = min(eps, (lo + hi) / 2)
     steps = 0
-    while hi is None and steps < _MAX_STEPS:
+    while steps < _MAX_STEPS and (hi is None or hi - lo > tol * hi):
         steps += 1
         got = certified_at(eps)
         if got is None:
             hi = eps
-        else:
-            lo, who = eps, got
-            if eps >= cap:
-                break
-            eps = min(2 * eps, cap)
+            break
+        lo, who = eps, got
+        if eps >= cap or (hi is not None and 2 * eps >= hi):
+            break
+        eps = min(2 * eps, cap)
     while hi is not None and hi - lo > tol * hi and hi >= 1e-6 and steps < _MAX_STEPS:
         steps += 1
         mid = (lo + hi) / 2
