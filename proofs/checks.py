@@ -1,6 +1,6 @@
 """The verifiers the demonstrations run on a network: certificates, attacks and sampling, each returning counts.
 
-* :func:`lirpa_margins`: auto_LiRPA through :func:`lipaudit.certify.certify` (None when it cannot be imported).
+* :func:`lirpa_margins`: auto_LiRPA through :func:`lipaudit.certify.certify` (None when auto_LiRPA is missing).
 * :func:`attack_successes`: PGD of :mod:`lipaudit.attacks`; a success is a point of the ε-ball that is misclassified.
 * :func:`sample_violations`: random points of each ε-ball (for ℓ∞ also random corners, clipped to [0, 1]); a
   violation is a misclassified sample. Sampling is not a proof; it guards against a wrong certificate.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipaudit.errors import LipauditError
+from lipaudit.errors import MissingDependencyError
 from lipaudit.types import Method, Norm
 
 __all__ = ["attack_successes", "lirpa_margins", "sample_violations"]
@@ -20,15 +20,13 @@ __all__ = ["attack_successes", "lirpa_margins", "sample_violations"]
 def lirpa_margins(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, eps: float, method: Method
 ) -> tuple[torch.Tensor, str] | None:
-    """Margin lower bounds from auto_LiRPA (``-inf`` where no bound), and the method actually used; None when the
-    certification stack is not importable (a missing optional dependency)."""
-    try:
-        from lipaudit.certify import certify
-    except ImportError:
-        return None
+    """Margin lower bounds from auto_LiRPA (``-inf`` where no bound), and the method actually used; None when
+    auto_LiRPA is not installed. Any other error propagates: a failing verifier must not look like a skipped one."""
+    from lipaudit.certify import certify
+
     try:
         res = certify(model, x, y, norm, eps, method)
-    except (LipauditError, ImportError):
+    except MissingDependencyError:
         return None
     margins = torch.tensor([m if m is not None else float("-inf") for m in res.margin_lower], dtype=torch.float64)
     margins = torch.where(res.certified, margins, margins.clamp_max(0.0))
@@ -38,13 +36,11 @@ def lirpa_margins(
 
 def attack_successes(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, eps: float, *, steps: int = 20, seed: int = 0
-) -> torch.Tensor | None:
+) -> torch.Tensor:
     """Boolean mask of points where PGD (cross-entropy, random start) finds a misclassified point in the ε-ball,
-    clean errors included; None when :mod:`lipaudit.attacks` is not importable."""
-    try:
-        from lipaudit.attacks import PGD
-    except ImportError:
-        return None
+    clean errors included."""
+    from lipaudit.attacks import PGD
+
     x_adv = PGD(norm, steps=steps, seed=seed).perturb(model, x, y, eps)
     with torch.no_grad():
         return (model(x_adv).argmax(1) != y) | (model(x).argmax(1) != y)

@@ -18,6 +18,7 @@ from torch import nn
 
 from lipaudit._progress import NullProgress, Progress
 from lipaudit.errors import DataError
+from lipaudit.lipschitz import network_lipschitz
 from lipaudit.types import Method, Norm
 from proofs.bounds import certify_ibp
 from proofs.checks import attack_successes, lirpa_margins, sample_violations
@@ -281,11 +282,7 @@ def _lirpa_plan(norm: Norm, x: torch.Tensor, opts: ProofOptions, *, spike: bool)
     return Method.ALPHA_CROWN, 0 if spike else min(n, 2 if opts.quick else 6)
 
 
-def _upper(net: nn.Module, shape: tuple[int, ...], norm: Norm) -> float | None:
-    try:
-        from lipaudit.lipschitz import network_lipschitz
-    except ImportError:
-        return None
+def _upper(net: nn.Module, shape: tuple[int, ...], norm: Norm) -> float:
     return float(network_lipschitz(net, shape, norm))
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from lipaudit.errors import UnsupportedLayerError, UsageError
 from lipaudit.graph import Graph, Node, trace
+from lipaudit.norms import operator_norm
 from lipaudit.types import Norm
 
 __all__ = ["RescalePair", "RescaleResult", "apply_scaling", "find_pairs", "rescale_to_factor"]
@@ -97,6 +98,10 @@ def _transparent(node: Node) -> bool:
         flat = (math.prod(node.input_shape),)
         return node.output_shape in (flat, node.input_shape)
     return node.kind in ("module", "function") and isinstance(node.module, _TRANSPARENT)
+
+
+def _operator_norm(module: nn.Module, input_shape: Sequence[int], norm: Norm) -> float:
+    return float(operator_norm(module, input_shape, norm))
 
 
 def find_pairs(model: nn.Module, input_shape: Sequence[int]) -> list[RescalePair]:
@@ -175,29 +180,6 @@ def apply_scaling(model: nn.Module, pair: RescalePair, d: torch.Tensor) -> nn.Mo
     return out
 
 
-def _default_norm(module: nn.Module, input_shape: Sequence[int], norm: Norm) -> float:
-    try:
-        from lipaudit.norms import operator_norm
-    except ImportError:
-        return _dense_norm(module, input_shape, norm)
-    return float(operator_norm(module, input_shape, norm))
-
-
-def _dense_norm(module: nn.Module, input_shape: Sequence[int], norm: Norm) -> float:
-    """Operator norm from the dense matrix of the bias-free layer (small layers only; an oracle, not a fast path)."""
-    lin = copy.deepcopy(module).double()
-    if getattr(lin, "bias", None) is not None:
-        setattr(lin, "bias", None)  # noqa: B010 - a typed attribute mypy would not let us set to None
-    eye = torch.eye(math.prod(input_shape), dtype=torch.float64).reshape(-1, *input_shape)
-    with torch.no_grad():
-        mat = lin(eye).reshape(eye.shape[0], -1).T  # (out, in)
-    if norm is Norm.L1:
-        return float(mat.abs().sum(0).max())
-    if norm is Norm.LINF:
-        return float(mat.abs().sum(1).max())
-    return float(torch.linalg.matrix_norm(mat, ord=2))
-
-
 def rescale_to_factor(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -222,7 +204,7 @@ def rescale_to_factor(
     norm = Norm.parse(norm)
     if not (math.isfinite(factor) and factor >= 1.0):
         raise UsageError(f"Expected a finite factor ≥ 1 but got {factor!r}")
-    fn = norm_fn if norm_fn is not None else _default_norm
+    fn = norm_fn if norm_fn is not None else _operator_norm
     if pair is None:
         pairs = [p for p in find_pairs(model, input_shape) if p.units >= 2]
         if not pairs:
@@ -266,21 +248,20 @@ def rescale_to_factor(
         n = norms_of(scaled(math.exp(log_lam)))
         return n[0] * n[1] / base
 
-    lo, hi = 0.0, 1.0
-    while ratio(hi) < factor:
-        lo, hi = hi, hi * 2.0
-        if hi > 200.0:
-            raise UnsupportedLayerError(f"Could not grow the norm product by {factor!r} on {pair.first!r}")
-    for _ in range(200):
-        if factor == 1.0:
-            hi = 0.0
-            break
-        mid = (lo + hi) / 2.0
-        r = ratio(mid)
-        if abs(r / factor - 1.0) <= rtol:
-            hi = mid
-            break
-        lo, hi = (mid, hi) if r < factor else (lo, mid)
+    lo, hi = 0.0, 0.0
+    if factor > 1.0:
+        hi = 1.0
+        while ratio(hi) < factor:
+            lo, hi = hi, hi * 2.0
+            if hi > 200.0:
+                raise UnsupportedLayerError(f"Could not grow the norm product by {factor!r} on {pair.first!r}")
+        for _ in range(200):  # bisection on log λ: ratio is continuous, 1 at λ = 1 and ≥ factor at exp(hi)
+            mid = (lo + hi) / 2.0
+            r = ratio(mid)
+            if abs(r / factor - 1.0) <= rtol:
+                hi = mid
+                break
+            lo, hi = (mid, hi) if r < factor else (lo, mid)
     lam = math.exp(hi)
     out = scaled(lam)
     after = norms_of(out)

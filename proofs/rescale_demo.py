@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from lipaudit._progress import NullProgress, Progress
+from lipaudit.errors import UsageError
+from lipaudit.norms import layer_norms
 from lipaudit.types import Method, Norm
 from proofs.bounds import certify_ibp
 from proofs.checks import attack_successes, lirpa_margins
@@ -56,12 +58,8 @@ class RescaleDemo:
                 "claims": [c.to_dict() for c in self.claims]}
 
 
-def product_of_norms(model: nn.Module, input_shape: Sequence[int], norm: Norm) -> float | None:
-    """Π over the linear layers of their operator norms (:func:`lipaudit.norms.layer_norms`), None if unavailable."""
-    try:
-        from lipaudit.norms import layer_norms
-    except ImportError:
-        return None
+def product_of_norms(model: nn.Module, input_shape: Sequence[int], norm: Norm) -> float:
+    """Π over the linear layers of their operator norms (:func:`lipaudit.norms.layer_norms`)."""
     attr = {Norm.L1: "l1", Norm.LINF: "linf", Norm.L2: "l2_upper"}[norm]
     return math.prod(float(getattr(ln, attr)) for ln in layer_norms(model, input_shape))
 
@@ -110,7 +108,7 @@ def rescale_demo(
         ratio = res.factor if prod is None or base_prod is None else prod / base_prod
         grows &= abs(ratio / f - 1) <= 1e-3
     if pair is None:
-        raise ValueError(f"Expected at least one factor but got {list(factors)!r}")
+        raise UsageError(f"Expected at least one factor but got {list(factors)!r}")
     detail = "; ".join(f"F={r.target:g}: ×{r.achieved:.6g}, rel diff {r.max_rel_diff:.1e}, "
                        f"{r.certified}/{x.shape[0]} certified, {r.attacked} attacked" for r in rows[1:])
     claims = (
