@@ -177,12 +177,12 @@ def _bisect(
                 errors.append(outcome.message)
         return None
 
-    # Gallop up from the lower end (doubling, below a given upper end), then bisect.
+    # Gallop up from the lower end (doubling) unless a given upper end is close, then bisect.
     eps = min(2 * lo if lo > 0 else _START[norm], cap)
     if hi is not None:
         eps = min(eps, (lo + hi) / 2)
     steps = 0
-    while steps < _MAX_STEPS and (hi is None or hi - lo > tol * hi):
+    while steps < _MAX_STEPS and (hi is None or hi > 4 * max(lo, _START[norm])):
         steps += 1
         got = certified_at(eps)
         if got is None:
