@@ -6,6 +6,7 @@ Every factory is usable as ``--arch lipaudit.zoo:NAME`` (with optional JSON keyw
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 __all__ = ["BasicBlock", "mlp", "small_cnn", "small_resnet", "tiny_cnn"]
@@ -71,7 +72,7 @@ class BasicBlock(nn.Module):
             )
         self.relu2 = nn.ReLU()
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu2(out + self.shortcut(x))
