@@ -101,6 +101,7 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
 
 
 def _radius_stats(samples: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    samples = [s for s in samples if s["label"] == s["prediction"]]  # misclassified samples have radius 0
     series: list[tuple[str, list[float]]] = [
         ("Lipschitz (lower bound)", [s["radius_lipschitz"] for s in samples if s["radius_lipschitz"] is not None])
     ]
