@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> Any:
         err.show()
         sys.exit(err.exit_code)
     except LipauditError as err:
-        click.echo(f"lipaudit: error: {err}", err=True)
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        if len(lines) > 1:  # errors quoting torch's multi-line messages: one line on stderr, the rest with -vv
+            logging.getLogger("lipaudit").debug("full error: %s", err)
+        click.echo(f"lipaudit: error: {lines[0]}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         click.echo("lipaudit: interrupted", err=True)
