@@ -121,9 +121,11 @@ def test_interval_bounds_contain_sampled_outputs(widths: list[int], d: int, seed
     # the ℓ2 first layer is exact: a single Linear layer's bounds are attained (dual norm)
     single = nn.Sequential(nn.Linear(d, 2))
     lo1, hi1 = interval_bounds(single, x, eps, Norm.L2)
-    centre = single(x).double()
-    torch.testing.assert_close(hi1 - centre, eps * single[0].weight.double().norm(dim=1).expand_as(centre))
-    torch.testing.assert_close(centre - lo1, eps * single[0].weight.double().norm(dim=1).expand_as(centre))
+    # the centre in float64, as interval_bounds computes it (a float32 forward differs by rounding, ~1e-7)
+    centre = torch.nn.functional.linear(x.double(), single[0].weight.double(), single[0].bias.double())
+    radius = eps * single[0].weight.double().norm(dim=1).expand_as(centre)
+    torch.testing.assert_close(hi1 - centre, radius, rtol=1e-7, atol=1e-6)
+    torch.testing.assert_close(centre - lo1, radius, rtol=1e-7, atol=1e-6)
 
 
 def test_cover_directions_cover_every_point() -> None:
