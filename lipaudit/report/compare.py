@@ -47,18 +47,27 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+#: Layers whose norm is 1 by construction: left out of the plots and the norm-size statistic.
+_TRIVIAL = frozenset({"Flatten", "Identity", "Dropout"})
+
+
+def _layers(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [layer for layer in result["layers"] if layer.get("type") not in _TRIVIAL]
+
+
 def _log_mean(values: Sequence[float]) -> float:
     vals = [v for v in values if v and v > 0 and math.isfinite(v)]
     return float(np.mean(np.log10(vals))) if vals else math.nan
 
 
 def norm_robustness_correlation(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """For each norm p and ε: Spearman correlation between the mean log10 layer ℓp norm of each model and its
+    """For each norm p and ε: Spearman correlation between the mean log10 layer ℓp norm of each model (layers with
+    parameters or pooling; Flatten/Identity/Dropout left out) and its
     worst-case empirical robust accuracy (and its best certified accuracy) at that ε."""
     out = []
     eps_common = sorted(set.intersection(*[{row["eps"] for row in r["accuracy"]} for r in results])) if results else []
     for key, label in (("l1", "ℓ1"), ("l2_upper", "ℓ2"), ("linf", "ℓ∞")):
-        size = [_log_mean([layer.get(key) for layer in r["layers"]]) for r in results]
+        size = [_log_mean([layer.get(key) for layer in _layers(r)]) for r in results]
         for eps in eps_common:
             rows = [next(row for row in r["accuracy"] if row["eps"] == eps) for r in results]
             robust = [row["worst_case"] for row in rows]
@@ -103,7 +112,7 @@ def _critical_rho(n: int) -> float:
 def _grouped_layers_svg(results: Sequence[Mapping[str, Any]], names: Sequence[str], key: str, label: str) -> str:
     fig = plots._figure(7.0, 3.0)
     ax = fig.add_subplot()
-    layer_names = [str(layer["name"]) for layer in results[0]["layers"]]
+    layer_names = [str(layer["name"]) for layer in _layers(results[0])]
     x = np.arange(len(layer_names))
     width = 0.8 / max(1, len(results))
     for k, (r, name) in enumerate(zip(results, names)):
@@ -120,11 +129,11 @@ def _grouped_layers_svg(results: Sequence[Mapping[str, Any]], names: Sequence[st
 def _density_svg(results: Sequence[Mapping[str, Any]], names: Sequence[str], key: str, label: str) -> str:
     fig = plots._figure(7.0, 2.6)
     ax = fig.add_subplot()
-    every = [math.log10(layer[key]) for r in results for layer in r["layers"] if layer.get(key)]
+    every = [math.log10(layer[key]) for r in results for layer in _layers(r) if layer.get(key)]
     if every:
         grid = np.linspace(min(every) - 0.5, max(every) + 0.5, 200)
         for k, (r, name) in enumerate(zip(results, names)):
-            vals = np.array([math.log10(layer[key]) for layer in r["layers"] if layer.get(key)])
+            vals = np.array([math.log10(layer[key]) for layer in _layers(r) if layer.get(key)])
             if vals.size == 0:
                 continue
             bw = max(0.15, 1.06 * (vals.std() or 0.3) * vals.size ** (-0.2))  # Silverman's rule, floored
