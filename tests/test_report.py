@@ -15,7 +15,7 @@ import scipy.stats
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lipaudit.report.compare import render_comparison, spearman
+from lipaudit.report.compare import critical_rho, render_comparison, spearman
 from lipaudit.report.html import fmt, render_report, verdict_lines, write_report
 from tests.audit_fixtures import synthetic_result
 
@@ -86,6 +86,12 @@ def test_spearman_matches_scipy(pairs: list[tuple[float, float]]) -> None:
         return
     ref = scipy.stats.spearmanr(a, b).statistic
     assert ours == pytest.approx(float(ref), abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [4, 5, 8, 12, 20, 32, 100])
+def test_critical_rho_matches_the_t_quantile(n: int) -> None:
+    t = scipy.stats.t.ppf(0.975, n - 2)
+    assert critical_rho(n) == pytest.approx(t / np.sqrt(n - 2 + t * t), rel=2e-3 if n <= 32 else 3e-2)
 
 
 def test_comparison_page_states_the_correlation() -> None:

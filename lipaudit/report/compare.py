@@ -16,7 +16,7 @@ from lipaudit.report import plots
 from lipaudit.report.html import _environment, fmt, pct
 from lipaudit.results import AuditResult, atomic_write_text
 
-__all__ = ["norm_robustness_correlation", "render_comparison", "spearman", "write_comparison"]
+__all__ = ["critical_rho", "norm_robustness_correlation", "render_comparison", "spearman", "write_comparison"]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -55,7 +55,7 @@ def _layers(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [layer for layer in result["layers"] if layer.get("type") not in _TRIVIAL]
 
 
-def _log_mean(values: Sequence[float]) -> float:
+def _log_mean(values: Sequence[float | None]) -> float:
     vals = [v for v in values if v and v > 0 and math.isfinite(v)]
     return float(np.mean(np.log10(vals))) if vals else math.nan
 
@@ -97,16 +97,28 @@ def _statement(corr: Sequence[Mapping[str, Any]]) -> str:
     else:
         verdict = "there was <strong>no consistent relation</strong> between layer norms and empirical robustness"
     return (f"In this set of {n} models, {verdict} (mean Spearman ρ = {mean:+.2f} over {len(usable)} "
-            f"norm × ε combinations; with n = {n}, |ρ| must exceed about {_critical_rho(n):.2f} to be significant at "
+            f"norm × ε combinations; with n = {n}, |ρ| must exceed about {critical_rho(n):.2f} to be significant at "
             "the 5% level).")
 
 
-def _critical_rho(n: int) -> float:
-    """Approximate two-sided 5% critical value of Spearman's ρ (t-approximation; exact tables differ for n < 10)."""
+#: Two-sided 5% quantiles of Student's t with df = 1..30 degrees of freedom (beyond: the normal's 1.96).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def critical_rho(n: int) -> float:
+    """Approximate two-sided 5% critical value of Spearman's ρ for n pairs, by the t-approximation
+    ρ* = t / √(n − 2 + t²) with t the 97.5% quantile of Student's t on n − 2 degrees of freedom.
+
+    Example:
+        >>> round(critical_rho(12), 3)
+        0.576
+    """
     if n <= 3:
         return 1.0
-    t = 2.0 if n > 30 else {4: 4.30, 5: 3.18, 6: 2.78, 7: 2.57, 8: 2.45, 9: 2.36, 10: 2.31}.get(n, 2.1)
-    return float(t / math.sqrt(n - 2 + t * t))
+    df = n - 2
+    t = _T975[df - 1] if df <= len(_T975) else 1.96
+    return float(t / math.sqrt(df + t * t))
 
 
 def _grouped_layers_svg(results: Sequence[Mapping[str, Any]], names: Sequence[str], key: str, label: str) -> str:
