@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 LIRPA  ?= auto-lirpa==0.3
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-slow test-all lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest $(PYTEST_ARGS) -m slow
 
 test-all: setup
 	$(PY) -m pytest $(PYTEST_ARGS) -m "slow or not slow"
