@@ -50,48 +50,31 @@ def summary_markdown(summary: dict[str, Any], eps: tuple[float, ...], n: int, se
 @click.option("--adv-eps", default=0.1, show_default=True, type=float, help="ε of adversarial training.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quick", is_flag=True, help="One set-up per regulariser instead of the grid.")
+@click.option("--n-train", default=None, type=click.IntRange(min=10), help="Training samples [default: all 4,000].")
 @click.option("--progress/--no-progress", default=None)
 def reproduce(out: str, epochs: int, n: int, eps_text: str, adv_eps: float, seed: int, quick: bool,
-              progress: bool | None) -> None:
+              n_train: int | None, progress: bool | None) -> None:
     """Train the paper's set-ups (plain; norm decay ℓ1/ℓ∞, weight decay, SVC over a small grid; PGD-AT, TRADES,
     ALP) on the built-in MNIST digits, audit each, and write OUT/index.html (side by side), one report per model,
     OUT/summary.json and OUT/summary.md. Takes tens of minutes on a laptop CPU."""
-    from lipaudit.cli._options import tqdm_progress
-    from lipaudit.cli.check import audit_model, write_outputs
+    from lipaudit.cli._pipeline import train_and_audit
     from lipaudit.data import load_data
     from lipaudit.experiments import paper_grid, summarise
     from lipaudit.report.compare import write_comparison
     from lipaudit.results import atomic_write_text
-    from lipaudit.train.loop import save_checkpoint, train_model
-    from lipaudit.types import Norm
-    from lipaudit.zoo import small_cnn
 
     eps = parse_eps_list(eps_text)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    train = load_data("mnist", split="train", seed=seed)
+    train = load_data("mnist", split="train", n=n_train, seed=seed)
     test = load_data("mnist", split="test", n=500, seed=seed)
-    rows = []
-    for setup in paper_grid(epochs=epochs, seed=seed, adv_eps=adv_eps, quick=quick):
-        click.echo(f"lipaudit: training {setup.name}", err=True)
-        bars = tqdm_progress(progress)
-        try:
-            model = small_cnn()
-            log = train_model(model, train, setup.config, test=test, progress=bars)
-        finally:
-            bars.close()
-        path = folder / f"{setup.name}.pt"
-        save_checkpoint(path, model, arch="lipaudit.zoo:small_cnn", input_shape=(1, 28, 28), train=log.to_dict())
-        result = audit_model(str(path), arch=None, unsafe_pickle=False, mean=None, std=None, device="cpu",
-                             data="mnist", split="test", n=n, seed=seed, norm=Norm.LINF, eps=eps, methods="auto",
-                             radius=False, memory_budget=8.0, time_budget=60.0, progress=progress,
-                             command=f"lipaudit check {path} --data mnist --n {n} --seed {seed} --norm inf "
-                                     f"--eps {eps_text} --no-radius")
-        write_outputs(result, folder / f"{setup.name}.html", folder / f"{setup.name}.json")
-        rows.append((setup, {**result.to_dict(), "report_href": f"{setup.name}.html"}))
+    rows = [(setup, train_and_audit(setup.name, setup.config, folder, eps=eps, n=n, seed=seed, radius=False,
+                                    progress=progress, train=train, test=test))
+            for setup in paper_grid(epochs=epochs, seed=seed, adv_eps=adv_eps, quick=quick)]
     summary = summarise(rows)
     summary["settings"] = {"epochs": epochs, "n": n, "eps": list(eps), "adv_eps": adv_eps, "seed": seed,
-                           "quick": quick, "data": "mnist (built-in)", "arch": "lipaudit.zoo:small_cnn"}
+                           "quick": quick, "n_train": n_train, "data": "mnist (built-in)",
+                           "arch": "lipaudit.zoo:small_cnn"}
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=1, allow_nan=False, default=str))
     atomic_write_text(folder / "summary.md", summary_markdown(summary, eps, n, seed, epochs))
     write_comparison([r for _, r in rows], folder / "index.html", [s.name for s, _ in rows])

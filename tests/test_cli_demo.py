@@ -1,0 +1,36 @@
+"""`lipaudit demo` and `lipaudit reproduce` end to end at toy sizes (the real runs take minutes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli_check import run
+from tests.test_report import EXTERNAL
+
+
+def test_demo_writes_two_reports_and_the_comparison(tmp_path: Path) -> None:
+    res = run(["demo", "--out", str(tmp_path), "--epochs", "1", "--n-train", "100", "--n", "6", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    for name in ("standard", "pgd_at"):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert data["status"] == "complete", data["failures"]
+        assert not data["soundness_violations"]
+        assert (tmp_path / f"{name}.pt").exists()
+    index = (tmp_path / "index.html").read_text()
+    assert 'href="standard.html"' in index and 'href="pgd_at.html"' in index
+    assert not EXTERNAL.search(index)
+
+
+@pytest.mark.slow
+def test_reproduce_quick_grid(tmp_path: Path) -> None:
+    res = run(["reproduce", "--out", str(tmp_path), "--quick", "--epochs", "1", "--n-train", "100", "--n", "6",
+               "--eps", "0.05", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    groups = [m["group"] for m in summary["models"]]
+    assert groups.count("plain") == 1 and groups.count("adversarial") == 3 and groups.count("regularised") == 4
+    assert len(summary["claims"]["regularisers"]) == 4 and len(summary["claims"]["adversarial"]) == 3
+    assert "| plain | plain |" in (tmp_path / "summary.md").read_text()
