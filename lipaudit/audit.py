@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lipaudit._progress import NullProgress, Progress
-from lipaudit.errors import LipauditError, UsageError
+from lipaudit.errors import LipauditError, UsageError, first_line
 from lipaudit.results import AccuracyRow, AuditResult, FlagRecord, SampleRecord, eps_key
 from lipaudit.types import Method, Norm
 
@@ -85,13 +85,12 @@ def default_methods(model: nn.Module, input_shape: Sequence[int]) -> tuple[tuple
 
 
 def _hidden_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
-    from lipaudit.graph import trace
+    from lipaudit.graph import ACTIVATIONS, trace
 
+    pointwise = tuple(t for t in ACTIVATIONS if t is not nn.MaxPool2d)
     graph = trace(model, input_shape)
-    return sum(math.prod(node.output_shape) for node in graph.nodes if node.kind in ("module", "function")
-               and node.module is not None and type(node.module).__name__ in ("ReLU", "LeakyReLU", "ELU", "GELU",
-                                                                               "Tanh", "Sigmoid", "Softplus",
-                                                                               "Hardtanh"))
+    return sum(math.prod(node.output_shape) for node in graph.nodes
+               if node.kind in ("module", "function") and isinstance(node.module, pointwise))
 
 
 class _Stages:
@@ -118,8 +117,7 @@ class _Stages:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]
+    return (first_line(err) or type(err).__name__)[:300]
 
 
 @dataclass

@@ -17,7 +17,19 @@ __all__ = [
     "UnsafePickleError",
     "UnsupportedLayerError",
     "UsageError",
+    "first_line",
 ]
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an error's message ('' when it has none): what one-line reports show.
+
+    Example:
+        >>> first_line(RuntimeError("shape mismatch\\n  at layer 3"))
+        'shape mismatch'
+    """
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 class LipauditError(Exception):

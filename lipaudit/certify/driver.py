@@ -14,7 +14,7 @@ from lipaudit._progress import Progress
 from lipaudit.certify import _resources
 from lipaudit.certify.lirpa import LIRPA_ERRORS, BoundEngine, margin_matrix, validate_inputs
 from lipaudit.certify.options import CertifyOptions
-from lipaudit.errors import ShapeError, UnsupportedLayerError
+from lipaudit.errors import ShapeError, UnsupportedLayerError, first_line
 from lipaudit.types import Method, Norm
 
 __all__ = ["STATUSES", "Certifier", "CertifyResult", "certify"]
@@ -68,8 +68,7 @@ class CertifyResult:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+    return f"{type(err).__name__}: {first_line(err)}"[:300]
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from lipaudit import __version__
-from lipaudit.errors import LipauditError
+from lipaudit.errors import LipauditError, first_line
 
 __all__ = ["cli", "main"]
 
@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> Any:
         err.show()
         sys.exit(err.exit_code)
     except LipauditError as err:
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        if len(lines) > 1:  # errors quoting torch's multi-line messages: one line on stderr, the rest with -vv
+        line = first_line(err) or type(err).__name__
+        if line != str(err).strip():  # errors quoting torch's multi-line messages: one line here, the rest with -vv
             logging.getLogger("lipaudit").debug("full error: %s", err)
-        click.echo(f"lipaudit: error: {lines[0]}", err=True)
+        click.echo(f"lipaudit: error: {line}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         click.echo("lipaudit: interrupted", err=True)

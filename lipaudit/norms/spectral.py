@@ -170,14 +170,11 @@ def power_lower(
     best = 0.0
     for _ in range(max_iter):
         v = v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(dtype).tiny)
-        x = v.detach().requires_grad_(True)
-        with torch.enable_grad():
-            y = apply(x)
-            (w,) = torch.autograd.grad(y, x, grad_outputs=y.detach())
-        best = max(best, float(torch.linalg.vector_norm(y.detach())))
+        w, value = _normal(apply, v)
+        best = max(best, value)
         if best * (1.0 + tol) >= upper or float(torch.linalg.vector_norm(w)) == 0.0:
             break
-        v = w.detach()
+        v = w
     return best, v
 
 
