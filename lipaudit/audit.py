@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from lipaudit._progress import NullProgress, Progress
-from lipaudit.errors import LipauditError, UsageError, first_line
+from lipaudit.errors import LipauditError, ModelEvaluationError, NonFiniteWeightError, UsageError, first_line
 from lipaudit.results import AccuracyRow, AuditResult, FlagRecord, SampleRecord, eps_key
 from lipaudit.types import Method, Norm
 
-__all__ = ["AuditConfig", "default_methods", "run_audit"]
+__all__ = ["AuditConfig", "attack_budget", "default_methods", "in_model_normalization", "preflight", "run_audit"]
 
 LIPSCHITZ = "Lipschitz"
 ENSEMBLE = "attack ensemble"
@@ -44,6 +44,7 @@ class AuditConfig:
         radius_method: the method used for per-sample certified radii by bisection (``None``: no radii).
         radius_tol: relative tolerance of the radius bisection.
         attack_radius: whether to run the minimal-norm attack for per-sample attack radii.
+        attack_steps: iterations of each APGD attack of the ensemble (AutoAttack's standard: 100).
         seed: seed of every random choice (attack restarts, sampling).
         memory_budget_gb: memory budget for certification.
         time_budget_s: per-sample time budget for certification.
@@ -56,6 +57,7 @@ class AuditConfig:
     radius_method: Method | None = Method.CROWN
     radius_tol: float = 0.02
     attack_radius: bool = True
+    attack_steps: int = 100
     seed: int = 0
     memory_budget_gb: float = 8.0
     time_budget_s: float = 60.0
@@ -67,6 +69,8 @@ class AuditConfig:
         for e in self.eps:
             if not (math.isfinite(e) and 0.0 < e <= 1.0):
                 raise UsageError(f"Expected every ε in (0, 1] but got {e!r}")
+        if self.attack_steps < 2:
+            raise UsageError(f"Expected at least 2 attack steps but got {self.attack_steps!r}")
 
 
 def default_methods(model: nn.Module, input_shape: Sequence[int]) -> tuple[tuple[Method, ...], Method | None]:
@@ -85,12 +89,88 @@ def default_methods(model: nn.Module, input_shape: Sequence[int]) -> tuple[tuple
 
 
 def _hidden_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Hidden activations per sample: from the traced graph, or, for a model the graph cannot trace, from forward
+    hooks on the activation modules (so that an untraceable model still gets a method choice and its attacks)."""
     from lipaudit.graph import ACTIVATIONS, trace
 
     pointwise = tuple(t for t in ACTIVATIONS if t is not nn.MaxPool2d)
-    graph = trace(model, input_shape)
+    try:
+        graph = trace(model, input_shape)
+    except LipauditError:
+        return _hooked_activations(model, input_shape)
     return sum(math.prod(node.output_shape) for node in graph.nodes
                if node.kind in ("module", "function") and isinstance(node.module, pointwise))
+
+
+_NONLINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
+              nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU, nn.SELU, nn.CELU, nn.Hardtanh)
+
+
+def _hooked_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
+    counts: list[int] = []
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        if isinstance(out, Tensor):
+            counts.append(out[0].numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _NONLINEAR)]
+    try:
+        ref = next(iter(model.parameters()), None)
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=ref.device if ref is not None else None))
+    except Exception:  # the audit's own forward check reports a failing model; here only the count matters
+        return 0
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(counts)
+
+
+def preflight(model: nn.Module, x: Tensor) -> None:
+    """Refuse a model no stage can evaluate meaningfully: non-finite weights or buffers, non-finite outputs.
+
+    Raises:
+        NonFiniteWeightError: a parameter or buffer (BatchNorm statistics too) has NaN or infinite entries.
+        ModelEvaluationError: the model's outputs on ``x`` are NaN or infinite.
+    """
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, t in tensors:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+            raise NonFiniteWeightError(
+                f"The model's {name!r} has {bad} {kind} value(s) of {t.numel()}: no norm, bound or attack on it means "
+                "anything; retrain or repair the checkpoint (a diverged training run is the usual cause)")
+    with torch.no_grad():
+        out = model(x)
+    if isinstance(out, Tensor) and out.is_floating_point():
+        bad_rows = ~torch.isfinite(out).reshape(out.shape[0], -1).all(dim=1)
+        if bool(bad_rows.any()):
+            raise ModelEvaluationError(
+                f"The model outputs NaN or infinite logits on {int(bad_rows.sum())} of {out.shape[0]} samples "
+                f"(first: sample {int(bad_rows.nonzero()[0])}): no robustness figure can be measured; check the "
+                "model's forward (a log of 0, a division by 0) and the input range ([0, 1] pixels)")
+
+
+def in_model_normalization(model: nn.Module) -> list[dict[str, Any]]:
+    """The :class:`~lipaudit.modules.Normalize` layers inside ``model`` (name, mean, std), in module order."""
+    from lipaudit.modules import Normalize
+
+    return [{"module": name or "(root)", "mean": [float(v) for v in m.mean.flatten().tolist()],
+             "std": [float(v) for v in m.std.flatten().tolist()]}
+            for name, m in model.named_modules() if isinstance(m, Normalize)]
+
+
+def attack_budget(attacks: Sequence[Any]) -> list[dict[str, Any]]:
+    """What each attack of the ensemble may spend: steps, restarts and target classes (for the threat-model card)."""
+    out = []
+    for a in attacks:
+        entry: dict[str, Any] = {"name": str(getattr(a, "name", type(a).__name__))}
+        for key in ("steps", "restarts", "n_targets"):
+            if hasattr(a, key) and (key != "n_targets" or getattr(a, "targeted", False)):
+                entry[key] = int(getattr(a, key))
+        out.append(entry)
+    return out
 
 
 class _Stages:
@@ -194,15 +274,18 @@ def run_audit(
     Returns:
         The result, ``status="partial"`` when interrupted or when a stage failed.
     """
+    from lipaudit.attacks.base import eval_mode
+
     progress = progress or NullProgress()
-    model.eval()
     n = int(x.shape[0])
     input_shape = tuple(int(s) for s in x.shape[1:])
     st = _State(n=n)
     stages = _Stages()
-    with contextlib.suppress(KeyboardInterrupt):  # _Stages marked the audit partial; keep what finished
-        _run_stages(model, x, y, config, input_shape, st, stages, progress)
-    return _assemble(model, x, y, config, st, stages, model_info, data_info, command)
+    with eval_mode(model):  # every submodule in eval mode; the caller's modes come back afterwards
+        preflight(model, x)
+        with contextlib.suppress(KeyboardInterrupt):  # _Stages marked the audit partial; keep what finished
+            _run_stages(model, x, y, config, input_shape, st, stages, progress)
+        return _assemble(model, x, y, config, st, stages, model_info, data_info, command)
 
 
 def _run_stages(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, input_shape: tuple[int, ...],
@@ -229,9 +312,12 @@ def _run_stages(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, inp
 def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _State, stages: _Stages,
                  progress: Progress) -> None:
     from lipaudit.attacks import evaluate_attacks, minimal_adversarial_radius
+    from lipaudit.attacks.ensemble import default_attacks
 
     with stages.stage("attacks"):
-        report = evaluate_attacks(model, x, y, config.norm, list(config.eps), seed=config.seed, progress=progress)
+        attacks = default_attacks(config.norm, steps=config.attack_steps, seed=config.seed)
+        report = evaluate_attacks(model, x, y, config.norm, list(config.eps), attacks=attacks, seed=config.seed,
+                                  progress=progress)
         for res in report.results:
             key = eps_key(res.eps)
             st.worst_attacked[key] = torch.tensor(res.attacked, dtype=torch.bool)
@@ -241,7 +327,13 @@ def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st
         summary = report.to_dict()
         for row in summary["results"]:
             row.pop("attacked", None)
-        st.attack_info = {"names": list(report.attacks), **summary}
+        spent = [st_ for row in report.results for st_ in row.per_attack] + list(report.check_stats)
+        st.attack_info = {"names": list(report.attacks), "budget": attack_budget(attacks),
+                          "passes": {"forward": sum(a.forward_passes for a in spent),
+                                     "backward": sum(a.backward_passes for a in spent),
+                                     "forward_samples": sum(a.forward_samples for a in spent),
+                                     "backward_samples": sum(a.backward_samples for a in spent)},
+                          **summary}
         st.examples = _examples(model, x, y, report.results, config.max_examples)
     if config.attack_radius:
         with stages.stage("attack radius"):
@@ -311,6 +403,8 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
                                                      "fallbacks": list(res.fallbacks), "messages": errors[:3],
                                                      "methods_used": sorted({m for m in res.method_used if m}),
                                                      "time_s": res.time_s})
+                    if counts["error"] == idx.numel():  # nothing was bounded: no figure for this method at this ε
+                        continue
                 st.certified.setdefault(key, {})[str(method)] = flags
             done += 1
             progress("certify", done, total)
@@ -360,7 +454,7 @@ def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _
             clean=sum(correct) / n,
             certified={m: sum(v) / n for m, v in by_method.items()},
             robust=dict(st.robust_by_attack.get(key, {})),
-            worst_case=sum(not b for b in worst) / n if ran_attacks else sum(correct) / n,
+            worst_case=sum(not b for b in worst) / n if ran_attacks else None,  # never a number nobody measured
         ))
 
     samples = []
@@ -371,7 +465,8 @@ def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _
             radius_certified={m: (r[i] if correct[i] else 0.0) for m, r in cert_r.items()},
             radius_attack=att_r[i] if correct[i] else 0.0,
             certified_at={key: any(v[i] for v in certified[key].values()) for key in certified},
-            attacked_at={key: any(v[i] for v in attacked[key].values()) or not correct[i] for key in attacked},
+            attacked_at={key: any(v[i] for v in attacked[key].values()) or not correct[i]
+                         for key in attacked if attacked[key]},  # only where an attack ran
             certified_method_at={key: next((m for m, v in certified[key].items() if v[i]), None) for key in certified},
         ))
     sound = soundness_violations(certified, attacked)
@@ -391,7 +486,7 @@ def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _
                                 message=f"{f['what']}: {f['message']}"))
     status = "partial" if stages.interrupted or stages.failures else "complete"
     return AuditResult(
-        model=model_info,
+        model={**model_info, "normalization_in_model": in_model_normalization(model)},
         threat_model={"norm": str(config.norm), "eps": list(config.eps), "n": n,
                       "denominator": "all n evaluated samples (misclassified samples count as not robust)",
                       **data_info},

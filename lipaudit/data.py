@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lipaudit.errors import DataError, MissingDependencyError, UsageError
+from lipaudit.errors import DataError, MissingDependencyError, UsageError, first_line
 
 __all__ = ["SPLIT_SEED", "Dataset", "load_data", "stratified_subset"]
 
@@ -150,8 +150,14 @@ def _images(x: np.ndarray, source: str) -> np.ndarray:
         return (x.astype(np.float32) / 255.0).copy()
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{source}: expected uint8 pixels (0..255) or floats in [0, 1] but got dtype {x.dtype}")
-    if not np.isfinite(x).all() or (x.size and (x.min() < 0.0 or x.max() > 1.0)):
-        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int((~finite).sum())
+        kind = "NaN" if np.isnan(x).any() else "infinite"
+        raise DataError(f"{source}: {bad} pixel(s) are {kind}; expected finite pixels in [0, 1] "
+                        "(fix or drop those images)")
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
+        lo, hi = float(x.min()), float(x.max())
         raise DataError(f"{source}: expected float pixels in [0, 1] but got values in [{lo}, {hi}] "
                         "(divide by 255 or undo the normalisation; mean/std belong to the model)")
     return np.ascontiguousarray(x, dtype=np.float32)
@@ -164,18 +170,35 @@ def _labels(y: np.ndarray, n: int, source: str, num_classes: int | None = None) 
     if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
         raise DataError(f"{source}: expected integer class labels but got dtype {y.dtype}")
     y = y.astype(np.int64)
+    if n and y.min() < 0:
+        raise DataError(f"{source}: {int((y < 0).sum())} label(s) are negative (smallest {int(y.min())}); expected "
+                        "class indices 0, 1, 2, ... (remap the labels, e.g. drop an 'ignore' label of -1)")
     k = int(num_classes) if num_classes is not None else int(y.max()) + 1 if n else 0
-    if n and (y.min() < 0 or y.max() >= k):
-        raise DataError(f"{source}: expected labels in [0, {k}) but got values in [{y.min()}, {y.max()}]")
+    if n and y.max() >= k:
+        raise DataError(f"{source}: expected labels in [0, {k}) (num_classes = {k}) but got values up to {y.max()}")
     return y, k
 
 
 def _npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, int, str]:
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise DataError(f"{str(path)!r} is empty (0 bytes); expected a .npz archive (np.savez(path, x=..., y=...))")
+    if head[:2] != b"PK":
+        raise DataError(f"{str(path)!r} is not a .npz archive (it is no zip file; a text or .npy file renamed?); "
+                        "write it with np.savez(path, x=images, y=labels)")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as f:  # our handle: closed on every error
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise DataError(f"{str(path)!r} holds pickled (object) arrays, which lipaudit does not load; save plain "
+                            "numeric arrays: np.savez(path, x=np.asarray(x, np.uint8 or float32), "
+                            "y=np.asarray(y, np.int64))") from err
         raise DataError(f"Corrupt or unreadable .npz file {str(path)!r}: {err}") from err
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"Corrupt or truncated .npz file {str(path)!r} ({first_line(err) or type(err).__name__}); "
+                        "write it again with np.savez") from err
     if "x" in arrays and "y" in arrays:
         xk, yk, used = "x", "y", "all"
     elif f"x_{split}" in arrays and f"y_{split}" in arrays:

@@ -10,6 +10,7 @@ __all__ = [
     "DataError",
     "LipauditError",
     "MissingDependencyError",
+    "ModelEvaluationError",
     "ModelLoadError",
     "NonFiniteWeightError",
     "ShapeError",
@@ -108,4 +109,13 @@ class NonFiniteWeightError(LipauditError):
     """A layer has NaN or infinite weights (or BatchNorm statistics), so none of its operator norms exists.
 
     Remedy: the message names the layer; retrain or repair the checkpoint (a diverged training run is the usual cause).
+    """
+
+
+class ModelEvaluationError(LipauditError):
+    """The model cannot be evaluated meaningfully: its outputs are NaN or infinite, or no stage of the audit produced
+    a robustness figure.
+
+    Remedy: the message names the cause (which samples, which stages failed and why); repair the model or pass the
+    options the message suggests.
     """

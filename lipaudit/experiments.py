@@ -98,6 +98,7 @@ def summarise(rows: Sequence[tuple[Setup, Mapping[str, Any]]]) -> dict[str, Any]
             "name": m["name"],
             "norm_ratio": {p: 10 ** (m["log_norm"][p] - plain["log_norm"][p]) for p in m["log_norm"]},
             "clean_change": (m["clean"] or 0) - (plain["clean"] or 0),
-            "robust_change": {e: m["robust"][e] - plain["robust"].get(e, math.nan) for e in m["robust"]},
+            "robust_change": {e: None if m["robust"][e] is None or plain["robust"].get(e) is None
+                              else m["robust"][e] - plain["robust"][e] for e in m["robust"]},
         })
     return {"models": models, "claims": claims}

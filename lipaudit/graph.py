@@ -137,6 +137,10 @@ _ADD_TARGETS: tuple[Any, ...] = (operator.add, operator.iadd, torch.add, "add", 
 _RESHAPE_TARGETS: tuple[Any, ...] = (torch.flatten, torch.reshape, "flatten", "view", "reshape", "contiguous")
 
 
+_AFFINE_NAMES = frozenset({"sub", "sub_", "rsub", "truediv", "div", "div_", "mul", "mul_", "neg", "isub",
+                           "itruediv", "imul"})
+
+
 def _op_name(target: Any) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
 
@@ -280,7 +284,11 @@ def _trace_fx(model: nn.Module, shape: tuple[int, ...]) -> Graph:
             kwargs = {k: v for k, v in n.kwargs.items() if k != "inplace"}
             kind, name, mod = "function", unique(n.name), _FUNCTIONS[n.target](tuple(extra), kwargs)
         else:
-            raise _unsupported(f"operation {n.name!r} ({n.op} {_op_name(n.target)})")
+            what = f"operation {n.name!r} ({n.op} {_op_name(n.target)})"
+            if _op_name(n.target) in _AFFINE_NAMES:
+                what += (" — if this is input normalisation written in forward (x - mean) / std, remove it from "
+                         "forward and pass --mean/--std (or put lipaudit.Normalize first in the model)")
+            raise _unsupported(what)
         if kind != "add" and (len(args) != 1 or unknown):
             raise _unsupported(f"operation {name!r}: it must read exactly one activation, got {len(args)}")
         names[n] = name

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lipaudit.errors import ModelLoadError, UnsafePickleError, UnsupportedLayerError, UsageError
+from lipaudit.errors import ModelLoadError, UnsafePickleError, UnsupportedLayerError, UsageError, first_line
 from lipaudit.exported import from_aten
 from lipaudit.modules import Normalize
 
@@ -155,12 +155,47 @@ def build_arch(spec: str) -> nn.Module:
     return model
 
 
+_ONNX_HINT = "convert it to TorchScript, torch.export or a state_dict with --arch"
+_FORMATS = "a torch.save state_dict, TorchScript, torch.export (.pt2) or safetensors file"
+
+
+def _not_a_model(path: Path, head: bytes) -> ModelLoadError | None:
+    """An error for files that are plainly no model (empty, text, an image or archive of another kind), else None."""
+    name = repr(str(path))
+    if not head:
+        return ModelLoadError(f"Model file {name} is empty (0 bytes): the save was interrupted or the download "
+                              f"failed; save the model again ({_FORMATS})")
+    if head[:1] == b"\x80" or head[:2] == b"PK":  # a pickle protocol ≥ 2, or a zip archive
+        return None
+    if head[:4] == b"\x89PNG" or head[:3] == b"\xff\xd8\xff" or head[:4] == b"GIF8":
+        return ModelLoadError(f"{name} is an image, not a model file; pass the model ({_FORMATS})")
+    if head.lstrip()[:1] in (b"{", b"["):
+        return ModelLoadError(f"{name} is a JSON/text file, not a model file; for an audit result use "
+                              f"'lipaudit report'; otherwise pass {_FORMATS}")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        start = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return ModelLoadError(f"{name} is a text file (it starts with {start!r}), not a model file; "
+                              f"pass {_FORMATS}")
+    return ModelLoadError(f"{name} is not a model file: its first bytes ({head[:8].hex(' ')}) match no known format; "
+                          f"pass {_FORMATS}")
+
+
 def _sniff(path: Path) -> str:
     """``safetensors``, ``torchscript``, ``export``, ``torch`` (a torch.save zip) or ``legacy`` (anything else)."""
     with path.open("rb") as f:
-        head = f.read(16)
+        head = f.read(64)
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30):
         return "safetensors"
+    if path.suffix.lower() == ".onnx":
+        raise ModelLoadError(f"{str(path)!r} is an ONNX model, which this version of lipaudit does not read; "
+                             f"{_ONNX_HINT}")
+    plain = _not_a_model(path, head)
+    if plain is not None:
+        raise plain
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
@@ -172,6 +207,9 @@ def _sniff(path: Path) -> str:
         if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
             return "torchscript"
         return "torch"
+    if head[:2] == b"PK":
+        raise ModelLoadError(f"Model file {str(path)!r} is a truncated or corrupt zip archive (torch.save, TorchScript "
+                             "and torch.export files are zip archives): save or download it again")
     return "legacy"
 
 
@@ -243,8 +281,28 @@ def _torch_load(path: Path, device: torch.device, unsafe_pickle: bool) -> Any:
                 f"Either {_SAFE_FORMATS_HINT}, or pass --unsafe-pickle if you trust the file") from err
         first = next((line for line in str(err).splitlines() if "operand" in line.lower()), str(err).splitlines()[0])
         raise ModelLoadError(f"Corrupt model file {str(path)!r}: {first.strip()}") from err
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError, ImportError) as err:
-        raise ModelLoadError(f"Corrupt or unreadable model file {str(path)!r}: {type(err).__name__}: {err}") from err
+    except ModuleNotFoundError as err:  # only with unsafe_pickle: the pickled class's module is not importable
+        raise ModelLoadError(
+            f"{str(path)!r} is a pickled model whose class lives in module {err.name!r}, which is not importable "
+            f"here: add the folder that holds {err.name!r} to PYTHONPATH, or save a state_dict and pass "
+            "--arch module:factory") from err
+    except AttributeError as err:
+        found = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(err))
+        if found:
+            cls, where = found.groups()
+            raise ModelLoadError(
+                f"{str(path)!r} is a pickled model whose class {cls!r} is not defined in module {where!r} here "
+                f"(it was defined in the script that saved it): make {where}.{cls} importable (PYTHONPATH), or "
+                "save a state_dict and pass --arch module:factory") from err
+        raise ModelLoadError(f"Corrupt or unreadable model file {str(path)!r}: AttributeError: {err}") from err
+    except EOFError as err:
+        raise ModelLoadError(f"Model file {str(path)!r} is truncated (it ends in the middle of the data): save or "
+                             "download it again") from err
+    except (RuntimeError, ValueError, zipfile.BadZipFile, ImportError, KeyError, IndexError, TypeError,
+            UnicodeDecodeError, OverflowError, MemoryError, OSError) as err:
+        detail = first_line(err) or type(err).__name__
+        raise ModelLoadError(f"Corrupt or unreadable model file {str(path)!r} ({type(err).__name__}: "
+                             f"{detail[:120]}); expected {_FORMATS}") from err
 
 
 def _finish(module: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None,

@@ -31,7 +31,7 @@ __all__ = [
     "eps_key",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 def eps_key(eps: float) -> str:
@@ -67,14 +67,14 @@ class AccuracyRow:
 
     ``certified`` maps a certification method (``"IBP"``, ``"CROWN"``, ..., ``"Lipschitz"``) to the fraction
     certified robust (a lower bound on robust accuracy); ``robust`` maps each attack to the fraction it did not break
-    (an upper bound); ``worst_case`` is the fraction no attack broke.
+    (an upper bound); ``worst_case`` is the fraction no attack broke, ``None`` when no attack ran at this ε.
     """
 
     eps: float
     clean: float
     certified: Mapping[str, float]
     robust: Mapping[str, float]
-    worst_case: float
+    worst_case: float | None
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,16 @@ class AuditResult:
     environment: Mapping[str, Any] = field(default_factory=dict)
     command: str = ""
     schema_version: str = SCHEMA_VERSION
+
+    @property
+    def measured(self) -> bool:
+        """Whether any stage produced a robustness figure (an attack result or a certificate at some ε)."""
+        return any(row.worst_case is not None or row.certified for row in self.accuracy)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the audit was stopped by the user (Ctrl-C)."""
+        return any(f.get("what") == "interrupted" for f in self.failures)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the documented schema)."""

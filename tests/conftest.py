@@ -19,6 +19,7 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # what `lipaudit --threads auto` then keeps in CLI tests
 
 
 @pytest.fixture(autouse=True)

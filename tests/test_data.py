@@ -99,7 +99,7 @@ def test_npz_float_and_splits(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("arrays", "message"), [
     ({"x": np.full((2, 1, 3, 3), 1.5, np.float32), "y": [0, 1]}, r"in \[0, 1\]"),
-    ({"x": np.zeros((2, 1, 3, 3), np.float32), "y": [0, -1]}, "labels in"),
+    ({"x": np.zeros((2, 1, 3, 3), np.float32), "y": [0, -1]}, "negative"),
     ({"x": np.zeros((2, 1, 3, 3), np.float32), "y": [0, 1, 1]}, "expected 2 labels"),
     ({"x": np.zeros((2, 1, 3, 3), np.float32), "y": [0.5, 1.0]}, "integer class labels"),
     ({"x": np.zeros((2, 1, 3, 3), np.int32), "y": [0, 1]}, "dtype int32"),

@@ -1,7 +1,7 @@
 """The ``lipaudit`` command line: a click group whose subcommands live one per module in this package.
 
 This package is the only place that prints, configures logging, and turns a :class:`~lipaudit.errors.LipauditError`
-into a one-line message and an exit code (2 usage, 1 failure, 3 soundness violation, 130 interrupted).
+into a one-line message and an exit code (2 usage, 1 failure, 3 soundness violation, 5 partial, 130 interrupted).
 Subcommands are imported lazily so that ``lipaudit --help`` stays fast and a command's heavy imports (auto_LiRPA,
 matplotlib) are paid only by the command that needs them.
 """
@@ -23,6 +23,7 @@ __all__ = ["cli", "main"]
 # name -> "module:attribute"; each module holds one click command.
 _COMMANDS: dict[str, str] = {
     "check": "lipaudit.cli.check:check",
+    "validate": "lipaudit.cli.validate:validate",
     "compare": "lipaudit.cli.compare:compare",
     "demo": "lipaudit.cli.demo:demo",
     "norms": "lipaudit.cli.norms:norms",
@@ -49,11 +50,17 @@ class _LazyGroup(click.Group):
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, "--version", prog_name="lipaudit")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option("--threads", default="auto", show_default=True, metavar="N|auto",
+              help="torch intra-op threads; auto: the cores left free by the current load (OMP_NUM_THREADS wins).")
+def cli(verbose: int, threads: str) -> None:
     """Audit the robustness of PyTorch image classifiers: exact layer norms, Lipschitz bounds,
     certified robustness (auto_LiRPA) and attacks, in one report."""
+    from lipaudit._threads import configure_threads
+
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    chosen = configure_threads(threads)
+    logging.getLogger("lipaudit").info("torch intra-op threads: %d", chosen)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,17 @@ ARCH = "lipaudit.zoo:small_cnn"
 
 
 def train_and_audit(name: str, config: Any, folder: Path, *, eps: tuple[float, ...], n: int, seed: int,
-                    radius: bool, progress: bool | None, train: Any, test: Any) -> dict[str, Any]:
+                    radius: bool, progress: bool | None, train: Any, test: Any, attack_steps: int = 100,
+                    trained_by: list[str] | None = None) -> dict[str, Any]:
     """Train ``small_cnn`` under ``config`` (a :class:`~lipaudit.train.loop.TrainConfig`), save ``folder/name.pt``,
     audit it under ℓ∞ on ``n`` MNIST test samples, write ``name.html`` / ``name.json`` and return the result dict
-    (with ``report_href`` for the side-by-side page)."""
+    (with ``report_href`` for the side-by-side page).
+
+    ``trained_by`` is the command line that writes the checkpoint (``lipaudit demo ...``): the report's Reproduce
+    line names it first, since checkpoints are not kept with the reports. Ctrl-C during the audit writes the
+    partial report and then ends the pipeline (``KeyboardInterrupt``)."""
     from lipaudit.cli._options import tqdm_progress
-    from lipaudit.cli.check import audit_model, write_outputs
+    from lipaudit.cli.check import audit_model, eps_arg, require_measured, write_outputs
     from lipaudit.train.loop import save_checkpoint, train_model
     from lipaudit.zoo import small_cnn
 
@@ -36,11 +42,16 @@ def train_and_audit(name: str, config: Any, folder: Path, *, eps: tuple[float, .
     last = log.epochs[-1]
     click.echo(f"lipaudit: trained {name}: train accuracy {last.train_accuracy:.1%}, "
                f"test accuracy {last.test_accuracy or 0:.1%} ({path})", err=True)
-    eps_text = ",".join(f"{e:g}" for e in eps)
-    command = (f"lipaudit check {path} --data mnist --n {n} --seed {seed} --norm inf --eps {eps_text} "
-               f"{'--radius' if radius else '--no-radius'} -o {folder / (name + '.html')}")
+    check = shlex.join(["lipaudit", "check", str(path), "--data", "mnist", "--n", str(n), "--seed", str(seed),
+                        "--norm", "inf", "--eps", eps_arg(eps), "--attack-steps", str(attack_steps),
+                        "--radius" if radius else "--no-radius", "-o", str(folder / f"{name}.html")])
+    command = f"{shlex.join(trained_by)} && {check}" if trained_by else check
     result = audit_model(str(path), arch=None, unsafe_pickle=False, mean=None, std=None, device="cpu",
                          data="mnist", split="test", n=n, seed=seed, norm=Norm.LINF, eps=eps, methods="auto",
-                         radius=radius, memory_budget=8.0, time_budget=60.0, progress=progress, command=command)
+                         radius=radius, memory_budget=8.0, time_budget=60.0, progress=progress, command=command,
+                         attack_steps=attack_steps)
+    require_measured(result)
     write_outputs(result, folder / f"{name}.html", folder / f"{name}.json")
+    if result.interrupted:  # the first Ctrl-C ends the whole pipeline; what finished stays on disk
+        raise KeyboardInterrupt
     return {**result.to_dict(), "report_href": f"{name}.html"}

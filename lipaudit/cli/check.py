@@ -10,14 +10,14 @@ from typing import Any
 import click
 
 from lipaudit.cli._options import load_from_options, model_options, parse_eps_list, tqdm_progress
-from lipaudit.errors import ShapeError, UsageError
+from lipaudit.errors import ModelEvaluationError, ShapeError, UsageError, first_line
 from lipaudit.types import Method, Norm
 
-__all__ = ["DEFAULT_EPS", "check", "exit_code_for", "model_info"]
+__all__ = ["DEFAULT_EPS", "check", "eps_arg", "exit_code_for", "model_info", "require_measured", "summary_lines"]
 
 #: Default ε per norm, for images in [0, 1].
 DEFAULT_EPS = {Norm.LINF: "0.01,0.03,0.1", Norm.L2: "0.1,0.3,1.0", Norm.L1: "0.25,0.5,1.0"}
-EXIT_SOUNDNESS, EXIT_BELOW_BAR, EXIT_INTERRUPTED = 3, 4, 130
+EXIT_SOUNDNESS, EXIT_BELOW_BAR, EXIT_PARTIAL, EXIT_INTERRUPTED = 3, 4, 5, 130
 
 
 def model_info(loaded: Any, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
@@ -43,19 +43,41 @@ def _methods(text: str | None, model: Any, input_shape: tuple[int, ...]) -> tupl
 
 
 def exit_code_for(result: Any, fail_under_certified: float | None, fail_under_robust: float | None) -> int:
-    """0, or 3 on a soundness violation, or 4 when a ``--fail-under-*`` bar is missed at some ε, or 130 if partial
-    because interrupted."""
+    """The exit status of an audit whose report was written, most serious first: 3 a soundness violation, 130
+    interrupted, 5 partial (a stage failed), 4 a ``--fail-under-*`` bar missed at some ε, else 0."""
     if result.soundness_violations:
         return EXIT_SOUNDNESS
-    if any(f.get("what") == "interrupted" for f in result.failures):
+    if result.interrupted:
         return EXIT_INTERRUPTED
+    if result.status != "complete":
+        return EXIT_PARTIAL
     for row in result.accuracy:
         best = max(row.certified.values(), default=0.0)
         if fail_under_certified is not None and best < fail_under_certified:
             return EXIT_BELOW_BAR
-        if fail_under_robust is not None and row.worst_case < fail_under_robust:
+        if fail_under_robust is not None and row.worst_case is not None and row.worst_case < fail_under_robust:
             return EXIT_BELOW_BAR
     return 0
+
+
+def require_measured(result: Any) -> None:
+    """Refuse to write a report without a single robustness figure (every stage that could produce one failed).
+
+    Raises:
+        ModelEvaluationError: naming the stages that failed and the first reason.
+        KeyboardInterrupt: when the audit was interrupted before anything was measured.
+    """
+    from lipaudit.errors import ModelEvaluationError
+
+    if result.measured:
+        return
+    if result.interrupted:
+        raise KeyboardInterrupt
+    failed = [f for f in result.failures if f.get("stage") in ("attacks", "clean") or
+              str(f.get("stage", "")).startswith("certify")]
+    why = "; ".join(f"{f['stage']}: {f['message']}" for f in failed[:2]) or "no stage produced a figure"
+    raise ModelEvaluationError(f"No robustness figure could be measured on this model ({why[:400]}); no report "
+                               "was written")
 
 
 def _fraction(value: float | None, name: str) -> float | None:
@@ -78,6 +100,8 @@ def _fraction(value: float | None, name: str) -> float | None:
               help="Certification methods: auto, none, or a list of ibp,crown-ibp,crown,alpha-crown.")
 @click.option("--radius/--no-radius", "radius", default=True, show_default=True,
               help="Per-sample certified and attack radii (bisection / minimal-norm attack).")
+@click.option("--attack-steps", default=100, show_default=True, type=click.IntRange(min=2),
+              help="Iterations of each APGD attack (AutoAttack's standard is 100; fewer is faster and weaker).")
 @click.option("--memory-budget", default=8.0, show_default=True, type=float, help="GB for certification.")
 @click.option("--time-budget", default=60.0, show_default=True, type=float, help="Seconds per sample to certify.")
 @click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
@@ -91,13 +115,14 @@ def _fraction(value: float | None, name: str) -> float | None:
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [default: when a terminal].")
 def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None, device: str,
           data: str, split: str, n: int, seed: int, norm_text: str, eps_text: str | None, methods: str,
-          radius: bool, memory_budget: float, time_budget: float, output: str | None, json_path: str | None,
-          fail_under_certified: float | None, fail_under_robust: float | None, progress: bool | None) -> None:
+          radius: bool, attack_steps: int, memory_budget: float, time_budget: float, output: str | None,
+          json_path: str | None, fail_under_certified: float | None, fail_under_robust: float | None,
+          progress: bool | None) -> None:
     """Audit MODEL: layer norms, Lipschitz bounds, certification, attacks and their cross-checks.
 
-    Writes one self-contained HTML report and a JSON file with every number in it. Exit status: 0 ok, 1 failure,
-    2 usage error, 3 soundness violation (a certified sample was attacked), 4 below a --fail-under bar,
-    130 interrupted (a partial report is written).
+    Writes one self-contained HTML report and a JSON file with every number in it. Exit status: 0 ok, 1 failure
+    (no report), 2 usage error, 3 soundness violation (a certified sample was attacked), 4 below a --fail-under bar,
+    5 partial (a stage failed; the report says which), 130 interrupted (a partial report is written).
     """
     from lipaudit.results import check_writable
 
@@ -118,8 +143,10 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, s
     result = audit_model(model, arch=arch, unsafe_pickle=unsafe_pickle, mean=mean, std=std, device=device,
                          data=data, split=split, n=n, seed=seed, norm=norm, eps=eps, methods=methods, radius=radius,
                          memory_budget=memory_budget, time_budget=time_budget, progress=progress,
+                         attack_steps=attack_steps,
                          command=_command(model, arch, unsafe_pickle, mean, std, device, data, split, n, seed, norm,
-                                          eps, methods, radius, html_path, json_file))
+                                          eps, methods, radius, attack_steps, html_path, json_file))
+    require_measured(result)
     write_outputs(result, html_path, json_file)
     code = exit_code_for(result, fail_under_certified, fail_under_robust)
     if code:
@@ -128,16 +155,44 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, s
 
 def _command(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None, device: str,
              data: str, split: str, n: int, seed: int, norm: Norm, eps: tuple[float, ...], methods: str,
-             radius: bool, html_path: Path, json_file: Path) -> str:
+             radius: bool, attack_steps: int, html_path: Path, json_file: Path) -> str:
     """The exact command line that reproduces this audit, every default made explicit."""
     args = ["lipaudit", "check", model]
     args += ["--arch", arch] if arch else []
     args += ["--unsafe-pickle"] if unsafe_pickle else []
     args += ["--mean", mean, "--std", std] if mean and std else []
     args += ["--device", device, "--data", data, "--split", split, "--n", str(n), "--seed", str(seed),
-             "--norm", str(norm), "--eps", ",".join(f"{e:g}" for e in eps), "--methods", methods,
+             "--norm", str(norm), "--eps", eps_arg(eps), "--methods", methods, "--attack-steps", str(attack_steps),
              "--radius" if radius else "--no-radius", "-o", str(html_path), "--json", str(json_file)]
     return shlex.join(args)
+
+
+def eps_arg(eps: tuple[float, ...]) -> str:
+    """``--eps`` text that parses back to exactly ``eps`` (shortest round-tripping decimals).
+
+    Example:
+        >>> eps_arg((2 / 255, 0.1))
+        '0.00784313725490196,0.1'
+    """
+    return ",".join(repr(float(e)) for e in eps)
+
+
+def summary_lines(result: Any) -> list[str]:
+    """One stderr line per ε: clean, best certificate (named only when it certified something), worst-case attack
+    (only where an attack ran)."""
+    lines = []
+    for row in result.accuracy:
+        certified = {m: v for m, v in row.certified.items()}
+        best = max(certified.items(), key=lambda kv: kv[1], default=None)
+        if best is None:
+            cert = "certified — (no certificate computed)"
+        elif best[1] > 0:
+            cert = f"certified {best[1]:.1%} ({best[0]})"
+        else:
+            cert = f"certified 0.0% (none of {', '.join(sorted(certified))})"
+        emp = f"empirical {row.worst_case:.1%}" if row.worst_case is not None else "empirical — (no attack ran)"
+        lines.append(f"  eps {row.eps:g}: clean {row.clean:.1%}  {cert}  {emp}")
+    return lines
 
 
 def write_outputs(result: Any, html_path: Path, json_file: Path) -> None:
@@ -148,10 +203,10 @@ def write_outputs(result: Any, html_path: Path, json_file: Path) -> None:
     write_report(result, html_path)
     state = "partial report" if result.status != "complete" else "report"
     click.echo(f"lipaudit: {state} written to {html_path} (JSON: {json_file})", err=True)
-    for row in result.accuracy:
-        best = max(row.certified.items(), key=lambda kv: kv[1], default=("none", 0.0))
-        click.echo(f"  eps {row.eps:g}: clean {row.clean:.1%}  certified {best[1]:.1%} ({best[0]})  "
-                   f"empirical {row.worst_case:.1%}", err=True)
+    for line in summary_lines(result):
+        click.echo(line, err=True)
+    for f in result.failures:
+        click.echo(f"lipaudit: stage {f.get('stage')} did not finish: {f.get('message')}", err=True)
     if result.soundness_violations:
         click.echo(f"lipaudit: SOUNDNESS VIOLATION on {len(result.soundness_violations)} sample(s): a certified "
                    "sample was attacked (see the report)", err=True)
@@ -160,7 +215,7 @@ def write_outputs(result: Any, html_path: Path, json_file: Path) -> None:
 def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None,
                 device: str, data: str, split: str, n: int, seed: int, norm: Norm, eps: tuple[float, ...],
                 methods: str, radius: bool, memory_budget: float, time_budget: float, progress: bool | None,
-                command: str) -> Any:
+                command: str, attack_steps: int = 100) -> Any:
     """Load the model and data, then run the audit (shared by ``check`` and ``demo``)."""
     import torch
 
@@ -178,6 +233,12 @@ def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str 
     except RuntimeError as err:
         raise ShapeError(f"The model rejects the data's input shape {input_shape}: "
                          f"{str(err).splitlines()[0][:200]}") from err
+    except Exception as err:  # the user's forward: any exception it raises is a property of the model
+        raise ModelEvaluationError(f"The model's forward raised {type(err).__name__} on the data (input shape "
+                                   f"{input_shape}): {first_line(err)[:200]}") from err
+    if not isinstance(out, torch.Tensor):
+        raise ShapeError(f"Expected the model to return a tensor of logits (N, classes) but it returned "
+                         f"{type(out).__name__}; wrap it so that forward returns the logits alone")
     if out.dim() != 2:
         raise ShapeError(f"Expected the model to output (N, classes) logits but got shape {tuple(out.shape)}")
     num_classes = int(out.shape[1])
@@ -185,7 +246,8 @@ def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str 
         raise ShapeError(f"The data has label {int(y.max())} but the model outputs only {num_classes} classes")
     chosen, radius_method = _methods(methods, loaded.module, input_shape)
     config = AuditConfig(norm=norm, eps=eps, methods=chosen, radius_method=radius_method if radius else None,
-                         attack_radius=radius, seed=seed, memory_budget_gb=memory_budget, time_budget_s=time_budget)
+                         attack_radius=radius, attack_steps=attack_steps, seed=seed, memory_budget_gb=memory_budget,
+                         time_budget_s=time_budget)
     bars = tqdm_progress(progress)
     try:
         return run_audit(loaded.module, x, y, config, model_info=model_info(loaded, input_shape, num_classes),

@@ -37,7 +37,8 @@ def summary_markdown(summary: dict[str, Any], eps: tuple[float, ...], n: int, se
                       f"robust change ε={e:g}" for e in eps) + " |", "|" + "---|" * (3 + len(eps))]
         for c in summary["claims"][claim]:
             ratios = " / ".join(f"{c['norm_ratio'][p]:.2f}×" for p in ("l1", "l2", "linf"))
-            changes = " | ".join(f"{100 * c['robust_change'].get(k, math.nan):+.1f}" for k in keys)
+            changes = " | ".join("—" if c["robust_change"].get(k) is None else f"{100 * c['robust_change'][k]:+.1f}"
+                                 for k in keys)
             lines.append(f"| {c['name']} | {ratios} | {100 * c['clean_change']:+.1f} | {changes} |")
     return "\n".join(lines) + "\n"
 
@@ -68,8 +69,11 @@ def reproduce(out: str, epochs: int, n: int, eps_text: str, adv_eps: float, seed
     folder.mkdir(parents=True, exist_ok=True)
     train = load_data("mnist", split="train", n=n_train, seed=seed)
     test = load_data("mnist", split="test", n=500, seed=seed)
+    trained_by = ["lipaudit", "reproduce", "--out", str(folder), "--epochs", str(epochs), "--n", str(n),
+                  "--eps", ",".join(repr(e) for e in eps), "--adv-eps", repr(adv_eps), "--seed", str(seed)]
+    trained_by += (["--quick"] if quick else []) + (["--n-train", str(n_train)] if n_train is not None else [])
     rows = [(setup, train_and_audit(setup.name, setup.config, folder, eps=eps, n=n, seed=seed, radius=False,
-                                    progress=progress, train=train, test=test))
+                                    progress=progress, train=train, test=test, trained_by=trained_by))
             for setup in paper_grid(epochs=epochs, seed=seed, adv_eps=adv_eps, quick=quick)]
     summary = summarise(rows)
     summary["settings"] = {"epochs": epochs, "n": n, "eps": list(eps), "adv_eps": adv_eps, "seed": seed,

@@ -73,9 +73,11 @@ def norm_robustness_correlation(results: Sequence[Mapping[str, Any]]) -> list[di
             robust = [row["worst_case"] for row in rows]
             cert = [max(row["certified"].values(), default=0.0) for row in rows]
             keep = [i for i, s in enumerate(size) if math.isfinite(s)]
+            measured = [i for i in keep if robust[i] is not None]  # models whose attacks ran at this ε
             out.append({
                 "norm": label, "eps": eps, "n": len(keep),
-                "rho_robust": spearman([size[i] for i in keep], [robust[i] for i in keep]),
+                "rho_robust": spearman([size[i] for i in measured], [robust[i] for i in measured])
+                if len(measured) == len(keep) else None,
                 "rho_certified": spearman([size[i] for i in keep], [cert[i] for i in keep]),
             })
     return out
@@ -122,38 +124,39 @@ def critical_rho(n: int) -> float:
 
 
 def _grouped_layers_svg(results: Sequence[Mapping[str, Any]], names: Sequence[str], key: str, label: str) -> str:
-    fig = plots._figure(7.0, 3.0)
-    ax = fig.add_subplot()
+    """Per-layer bars, one colour per model (distinct for 20 models), the legend beside the axes."""
     layer_names = [str(layer["name"]) for layer in _layers(results[0])]
+    fig = plots._figure(max(plots.WIDTH, 0.25 * len(layer_names) * len(results) + 3.0), 3.8)
+    ax = fig.add_subplot()
     x = np.arange(len(layer_names))
     width = 0.8 / max(1, len(results))
     for k, (r, name) in enumerate(zip(results, names)):
         by_name = {str(layer["name"]): layer.get(key) for layer in r["layers"]}
         ax.bar(x + (k - (len(results) - 1) / 2) * width, [by_name.get(n) or math.nan for n in layer_names], width,
-               label=name, color=plots.PALETTE[k % len(plots.PALETTE)])
+               label=name, color=plots.series_style(k)["color"])
     ax.set_yscale("log")
     ax.set_xticks(x, layer_names, rotation=45, ha="right")
     ax.set_ylabel(f"{label} operator norm (log)")
-    plots._legend(ax, frameon=False, fontsize=7, ncols=min(4, len(names)))
+    plots._legend(ax, frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  ncols=1 if len(names) <= 14 else 2)
     return plots._svg(fig)
 
 
-def _density_svg(results: Sequence[Mapping[str, Any]], names: Sequence[str], key: str, label: str) -> str:
-    fig = plots._figure(7.0, 2.6)
+def _strip_svg(results: Sequence[Mapping[str, Any]], names: Sequence[str], key: str, label: str) -> str:
+    """Every layer's log10 norm as one point per model (a strip plot): with a handful of layers per model a density
+    estimate would invent a shape; the points are the data. The model's mean (its norm size) is a bar."""
+    fig = plots._figure(plots.WIDTH, max(2.4, 0.3 * len(results) + 1.0))
     ax = fig.add_subplot()
-    every = [math.log10(layer[key]) for r in results for layer in _layers(r) if layer.get(key)]
-    if every:
-        grid = np.linspace(min(every) - 0.5, max(every) + 0.5, 200)
-        for k, (r, name) in enumerate(zip(results, names)):
-            vals = np.array([math.log10(layer[key]) for layer in _layers(r) if layer.get(key)])
-            if vals.size == 0:
-                continue
-            bw = max(0.15, 1.06 * (vals.std() or 0.3) * vals.size ** (-0.2))  # Silverman's rule, floored
-            dens = np.exp(-0.5 * ((grid[:, None] - vals[None, :]) / bw) ** 2).sum(1) / (vals.size * bw * 2.5066)
-            ax.plot(grid, dens, color=plots.PALETTE[k % len(plots.PALETTE)], label=name)
-    ax.set_xlabel(f"log10 of layer {label} norms")
-    ax.set_ylabel("density")
-    plots._legend(ax, frameon=False, fontsize=7)
+    for k, r in enumerate(results):
+        vals = [math.log10(layer[key]) for layer in _layers(r) if layer.get(key)]
+        if not vals:
+            continue
+        style = plots.series_style(k)
+        ax.scatter(vals, [k] * len(vals), s=22, color=style["color"], marker=style["marker"], alpha=0.85)
+        ax.plot([float(np.mean(vals))] * 2, [k - 0.35, k + 0.35], color=style["color"], linewidth=2)
+    ax.set_yticks(range(len(names)), list(names))
+    ax.invert_yaxis()
+    ax.set_xlabel(f"log10 of layer {label} norms (points: layers; bar: the model's mean)")
     return plots._svg(fig)
 
 
@@ -165,7 +168,7 @@ def render_comparison(results: Sequence[AuditResult | Mapping[str, Any]], names:
     labels = list(names) if names else [Path(str(r["model"].get("path", f"model {i}"))).stem for i, r in enumerate(rs)]
     with matplotlib.rc_context(plots._RC):
         figs = {
-            key: {"bars": _grouped_layers_svg(rs, labels, key, label), "density": _density_svg(rs, labels, key, label)}
+            key: {"bars": _grouped_layers_svg(rs, labels, key, label), "strip": _strip_svg(rs, labels, key, label)}
             for key, label in (("l1", "ℓ1"), ("l2_upper", "ℓ2"), ("linf", "ℓ∞"))
         }
     corr = norm_robustness_correlation(rs)

@@ -20,12 +20,31 @@ __all__ = [
     "image_png_data_uri",
     "layer_norms_svg",
     "radius_sandwich_svg",
+    "series_style",
 ]
 
 _RC: Any = {"svg.fonttype": "none", "svg.hashsalt": "lipaudit", "font.size": 9, "axes.spines.top": False,
        "axes.spines.right": False}
-# A colour-blind-safe palette (Okabe & Ito).
+# A colour-blind-safe palette (Okabe & Ito) for a report's few series.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+# For many series (the comparison page's models): 20 distinct colours (Okabe & Ito, then Tol's muted and light
+# schemes), and marker shapes cycling with a different period so that colour and marker together stay unique.
+MANY = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#882255", "#44AA99",
+        "#999933", "#332288", "#AA4499", "#117733", "#88CCEE", "#DDCC77", "#CC6677", "#661100", "#6699CC",
+        "#AA4466", "#4477AA"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+#: Figure width in inches; reports stretch figures to the content width.
+WIDTH = 10.0
+
+
+def series_style(k: int) -> dict[str, str]:
+    """Colour and marker of the k-th of many series: distinct for k < 140.
+
+    Example:
+        >>> len({tuple(series_style(k).values()) for k in range(40)})
+        40
+    """
+    return {"color": MANY[k % len(MANY)], "marker": MARKERS[k % len(MARKERS)]}
 
 
 def _svg(fig: Figure) -> str:
@@ -51,7 +70,7 @@ def layer_norms_svg(layers: Sequence[Mapping[str, Any]]) -> str:
     """Grouped log-scale bars per layer: ℓ1, ℓ2 (upper end, with the bracket's lower end marked) and ℓ∞."""
     with matplotlib.rc_context(_RC):
         names = [str(layer["name"]) for layer in layers]
-        fig = _figure(max(5.0, 0.45 * len(names) + 2.0), 3.2)
+        fig = _figure(max(WIDTH, 0.45 * len(names) + 2.0), 3.6)
         ax = fig.add_subplot()
         x = np.arange(len(names))
         width = 0.27
@@ -64,14 +83,14 @@ def layer_norms_svg(layers: Sequence[Mapping[str, Any]]) -> str:
         ax.set_yscale("log")
         ax.set_xticks(x, names, rotation=45, ha="right")
         ax.set_ylabel("operator norm (log)")
-        _legend(ax, ncols=4, frameon=False, loc="upper left", bbox_to_anchor=(0, 1.18))
+        _legend(ax, ncols=4, frameon=False, loc="lower left", bbox_to_anchor=(0, 1.01))
         return _svg(fig)
 
 
 def accuracy_curves_svg(rows: Sequence[Mapping[str, Any]]) -> str:
     """Accuracy against ε: clean, each attack (upper bounds), the worst case, each certificate (lower bounds)."""
     with matplotlib.rc_context(_RC):
-        fig = _figure(6.0, 3.4)
+        fig = _figure(WIDTH, 4.0)
         ax = fig.add_subplot()
         eps = [float(r["eps"]) for r in rows]
         ax.plot(eps, [r["clean"] for r in rows], color="grey", linestyle=":", label="clean")
@@ -79,8 +98,9 @@ def accuracy_curves_svg(rows: Sequence[Mapping[str, Any]]) -> str:
         for k, name in enumerate(attacks):
             ax.plot(eps, [r["robust"].get(name, math.nan) for r in rows], marker=".", linestyle="--",
                     color=PALETTE[(k + 3) % len(PALETTE)], alpha=0.8, label=f"attack: {name}")
-        ax.plot(eps, [r["worst_case"] for r in rows], marker="o", color=PALETTE[3], linewidth=2,
-                label="empirical (worst case)")
+        worst = [math.nan if r.get("worst_case") is None else r["worst_case"] for r in rows]
+        if not all(math.isnan(w) for w in worst):  # no curve for what no attack measured
+            ax.plot(eps, worst, marker="o", color=PALETTE[3], linewidth=2, label="empirical (worst case)")
         methods = sorted({m for r in rows for m in r["certified"]})
         for k, name in enumerate(methods):
             ax.plot(eps, [r["certified"].get(name, math.nan) for r in rows], marker="s",
@@ -88,14 +108,14 @@ def accuracy_curves_svg(rows: Sequence[Mapping[str, Any]]) -> str:
         ax.set_xlabel("ε")
         ax.set_ylabel("accuracy (fraction of n)")
         ax.set_ylim(-0.02, 1.02)
-        _legend(ax, frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        _legend(ax, frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
         return _svg(fig)
 
 
 def radius_sandwich_svg(samples: Sequence[Mapping[str, Any]], method: str | None) -> str:
     """Per-sample radii, sorted by attack radius: Lipschitz ≤ certified ≤ attack, drawn as a vertical sandwich."""
     with matplotlib.rc_context(_RC):
-        fig = _figure(6.5, 3.2)
+        fig = _figure(WIDTH, 3.6)
         ax = fig.add_subplot()
         rows = [s for s in samples if s["label"] == s["prediction"]]
         rows.sort(key=lambda s: (s["radius_attack"] is None, s["radius_attack"] or 0.0))
@@ -108,24 +128,26 @@ def radius_sandwich_svg(samples: Sequence[Mapping[str, Any]], method: str | None
         att = values(lambda s: s["radius_attack"])
         cert = values(lambda s: (s["radius_certified"] or {}).get(method)) if method else np.full(len(rows), np.nan)
         low = np.where(np.isnan(cert), lip, cert)
-        ax.vlines(x, np.nan_to_num(low), att, color="#bbbbbb", linewidth=1)
-        ax.scatter(x, att, s=10, marker="v", color=PALETTE[3], label="attack radius (upper bound)", zorder=3)
-        if method:
+        if np.isfinite(att).any():  # only series that were measured get a mark and a legend entry
+            ax.vlines(x, np.nan_to_num(low), att, color="#bbbbbb", linewidth=1)
+            ax.scatter(x, att, s=10, marker="v", color=PALETTE[3], label="attack radius (upper bound)", zorder=3)
+        if method and np.isfinite(cert).any():
             ax.scatter(x, cert, s=10, marker="^", color=PALETTE[0], label=f"{method} radius (lower bound)", zorder=3)
-        ax.scatter(x, lip, s=8, marker=".", color=PALETTE[2], label="Lipschitz radius (lower bound)", zorder=3)
+        if np.isfinite(lip).any():
+            ax.scatter(x, lip, s=8, marker=".", color=PALETTE[2], label="Lipschitz radius (lower bound)", zorder=3)
         positive = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in (lip, cert, att)])
         if positive.size:
             ax.set_yscale("log")
         ax.set_xlabel("correctly classified samples, sorted by attack radius")
         ax.set_ylabel("radius")
-        _legend(ax, frameon=False, fontsize=7)
+        _legend(ax, frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
         return _svg(fig)
 
 
 def gap_histogram_svg(samples: Sequence[Mapping[str, Any]], method: str | None) -> str:
     """Histogram of log10(attack radius / lower bound) per sample: the width of what is unknown."""
     with matplotlib.rc_context(_RC):
-        fig = _figure(6.0, 2.6)
+        fig = _figure(WIDTH, 3.0)
         ax = fig.add_subplot()
         series = [("attack / Lipschitz", lambda s: s["radius_lipschitz"])]
         if method:
@@ -145,7 +167,7 @@ def gap_histogram_svg(samples: Sequence[Mapping[str, Any]], method: str | None) 
                             label=f"{label} (n={len(ratios)})")
         ax.set_xlabel("log10(attack radius / certified radius)   — 0 means the radius is known exactly")
         ax.set_ylabel("samples")
-        _legend(ax, frameon=False, fontsize=7)
+        _legend(ax, frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
         return _svg(fig)
 
 
