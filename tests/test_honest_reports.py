@@ -1,0 +1,182 @@
+"""Reports and exit codes that never show a number nobody measured (partial audits, --no-radius, failed stages)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lipaudit.validate import problems
+from tests.test_cli_check import digits_model, run  # noqa: F401  (fixture re-used)
+
+
+def _check(model: Path, tmp_path: Path, *extra: str) -> tuple[Any, dict[str, Any], str]:
+    html = tmp_path / "r.html"
+    res = run(["check", str(model), "--data", "digits", "--n", "12", "--eps", "0.02,0.1", "--methods", "ibp",
+               "--attack-steps", "10", "-o", str(html), "--no-progress", *extra])
+    data = json.loads((tmp_path / "r.json").read_text()) if (tmp_path / "r.json").exists() else {}
+    return res, data, html.read_text() if html.exists() else ""
+
+
+def test_attacks_that_did_not_run_leave_no_empirical_figure(digits_model: Path, tmp_path: Path,  # noqa: F811
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import lipaudit.attacks
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated attack failure")
+
+    monkeypatch.setattr(lipaudit.attacks, "evaluate_attacks", broken)
+    res, data, html = _check(digits_model, tmp_path, "--no-radius")
+    assert res.exit_code == 5, res.output  # partial: a stage failed, figures that exist are reported
+    assert data["status"] == "partial" and any(f["stage"] == "attacks" for f in data["failures"])
+    for row in data["accuracy"]:
+        assert row["worst_case"] is None and row["robust"] == {}
+        assert row["certified"]  # certification still ran
+    assert all(s["attacked_at"] == {} for s in data["samples"])
+    assert "empirical — (no attack ran)" in res.output
+    assert "no attack ran, so there is no empirical upper bound" in html
+    assert "empirical (worst case)" not in html  # no curve, no legend entry
+    assert "robust empirically" not in html and "undecided" not in html.split('id="verdict"')[1].split("</div>")[0]
+    assert "sanity checks (gradients, randomness" in html  # says the checks did not run instead of "none fired"
+    assert problems(data, html) == []
+
+
+def test_no_radius_draws_no_radius_figures(digits_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    res, data, html = _check(digits_model, tmp_path, "--no-radius")
+    assert res.exit_code == 0, res.output
+    assert all(s["radius_attack"] is None or s["label"] != s["prediction"] for s in data["samples"])
+    assert "attack radius (upper bound)" not in html  # no legend entry for points that do not exist
+    assert "log10(attack radius" not in html  # no gap histogram
+    assert "The ordering held" not in html and "ordering was not checked" in html
+    assert "No attack radii were computed" in html
+    assert problems(data, html) == []
+
+
+def test_complete_audit_states_budget_normalisation_and_ordering(digits_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    res, data, html = _check(digits_model, tmp_path, "--mean", "0.5", "--std", "0.25")
+    assert res.exit_code == 0, res.output
+    budget = {b["name"]: b for b in data["attacks"]["budget"]}
+    assert budget["apgd-ce"]["steps"] == 10 and budget["apgd-t"]["n_targets"] == 9
+    assert data["attacks"]["passes"]["backward"] > 0
+    assert data["model"]["normalization_in_model"][0]["mean"] == [0.5]
+    assert "10 steps" in html and "backward passes" in html and "Normalize layer" in html
+    assert "The ordering held for all" in html
+    assert "bounds a different quantity" in html
+    assert problems(data, html) == []
+
+
+def test_partial_audit_exits_5_and_lists_what_is_missing(tmp_path: Path) -> None:
+    from torch import nn
+
+    (tmp_path / "sinnet.py").write_text(
+        "import torch\nfrom torch import nn\n\nclass Sin(nn.Module):\n    def forward(self, x):\n"
+        "        return torch.sin(x)\n\ndef build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 24), Sin(), nn.Linear(24, 10))\n")
+    torch.manual_seed(0)
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.Identity(), nn.Linear(24, 10)).state_dict(),
+               tmp_path / "sin.pt")
+    res, data, html = _check(tmp_path / "sin.pt", tmp_path, "--arch", f"{tmp_path / 'sinnet.py'}:build",
+                             "--no-radius")
+    assert res.exit_code == 5, res.output
+    assert {f["stage"] for f in data["failures"]} >= {"norms", "lipschitz"}
+    assert data["layers"] == [] and data["lipschitz"] == {}
+    assert "No layer norms" in html and "No Lipschitz bound" in html
+    assert "stage norms did not finish" in res.output
+    assert problems(data, html) == []
+
+
+def test_reproduce_line_round_trips_eps(digits_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    eps = 2 / 255
+    res = run(["check", str(digits_model), "--data", "digits", "--n", "4", "--eps", repr(eps), "--methods", "none",
+               "--no-radius", "--attack-steps", "5", "-o", str(tmp_path / "r.html"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    command = json.loads((tmp_path / "r.json").read_text())["command"]
+    assert f"--eps {eps!r}" in command
+    from lipaudit.cli._options import parse_eps_list
+
+    assert parse_eps_list(command.split("--eps ")[1].split()[0]) == (eps,)
+
+
+def test_audit_leaves_the_callers_mode(digits_model: Path) -> None:  # noqa: F811
+    from lipaudit.audit import AuditConfig, run_audit
+    from lipaudit.data import load_data
+    from lipaudit.load import load_model
+    from lipaudit.types import Method, Norm
+
+    model = load_model(digits_model).module
+    model.train()
+    data = load_data("digits", n=4)
+    run_audit(model, data.x, data.y, AuditConfig(norm=Norm.LINF, eps=(0.05,), methods=(Method.IBP,),
+                                                 radius_method=None, attack_radius=False, attack_steps=4),
+              model_info={}, data_info={})
+    assert all(m.training for m in model.modules())
+
+
+def _valid(tmp_path: Path, digits_model: Path) -> dict[str, Any]:  # noqa: F811
+    res, data, _ = _check(digits_model, tmp_path, "--no-radius")
+    assert res.exit_code == 0 and problems(data) == []
+    return data
+
+
+@pytest.mark.parametrize(("tamper", "message"), [
+    (lambda d: d["accuracy"][0].update(worst_case=d["accuracy"][0]["clean"] + 0.1), "out of order"),
+    (lambda d: d["accuracy"][0].update(clean=0.123), "classified correctly"),
+    (lambda d: d["samples"][0].update(certified_at={k: True for k in d["samples"][0]["attacked_at"]},
+                                      attacked_at={k: True for k in d["samples"][0]["attacked_at"]}),
+     "certified and attacked"),
+    (lambda d: d.update(status="partial"), "failure(s) recorded"),
+    (lambda d: d["samples"][0].update(radius_certified={"IBP": 0.5}, radius_attack=0.1), "> attack radius"),
+    (lambda d: d["threat_model"].update(eps=[0.1, 0.02]), "ascending"),
+    (lambda d: d.pop("layers"), "missing top-level key 'layers'"),
+])
+def test_the_validator_catches_broken_invariants(digits_model: Path, tmp_path: Path, tamper: Any,  # noqa: F811
+                                                 message: str) -> None:
+    data = _valid(tmp_path, digits_model)
+    tamper(data)
+    found = problems(data)
+    assert any(message in p for p in found), found
+
+
+def test_validate_command(digits_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    data = _valid(tmp_path, digits_model)
+    res = run(["validate", str(tmp_path / "r.json"), str(tmp_path / "r.html")])
+    assert res.exit_code == 0 and "all invariants hold" in res.output
+    (tmp_path / "nan.json").write_text(json.dumps({**data, "timing": {"clean": math.nan}}))
+    res = run(["validate", str(tmp_path / "nan.json")])
+    assert res.exit_code == 1 and "non-finite number NaN" in res.output
+    data["accuracy"][0]["worst_case"] = 2.0
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    res = run(["validate", str(tmp_path / "bad.json")])
+    assert res.exit_code == 1 and "invariant broken" in res.output
+
+
+def test_demo_stops_at_the_first_interrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lipaudit.attacks
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lipaudit.attacks, "minimal_adversarial_radius", interrupted)  # after the ε sweep of attacks
+    res = run(["demo", "--out", str(tmp_path), "--epochs", "1", "--n-train", "300", "--n", "8",
+               "--attack-steps", "4", "--no-progress"])
+    assert res.exit_code == 130, res.output
+    assert not (tmp_path / "pgd_at.pt").exists(), res.output  # the second model was never trained
+    data = json.loads((tmp_path / "standard.json").read_text())
+    assert data["status"] == "partial" and data["failures"][0]["what"] == "interrupted"
+    assert "Partial report" in (tmp_path / "standard.html").read_text()
+
+
+def test_threads_option_sets_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipaudit._threads import configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads("3") == 3 and torch.get_num_threads() == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert configure_threads("auto") == 2
+    finally:
+        torch.set_num_threads(before)
