@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lipaudit._modes import eval_mode
 from lipaudit._progress import NullProgress, Progress
 from lipaudit.errors import LipauditError, ModelEvaluationError, NonFiniteWeightError, UsageError, first_line
 from lipaudit.results import AccuracyRow, AuditResult, FlagRecord, SampleRecord, eps_key
@@ -91,19 +92,16 @@ def default_methods(model: nn.Module, input_shape: Sequence[int]) -> tuple[tuple
 def _hidden_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Hidden activations per sample: from the traced graph, or, for a model the graph cannot trace, from forward
     hooks on the activation modules (so that an untraceable model still gets a method choice and its attacks)."""
-    from lipaudit.graph import ACTIVATIONS, trace
+    from lipaudit.graph import trace
+    from lipaudit.ops import OpKind, supported_types
 
-    pointwise = tuple(t for t in ACTIVATIONS if t is not nn.MaxPool2d)
+    pointwise = supported_types(OpKind.POINTWISE)
     try:
         graph = trace(model, input_shape)
     except LipauditError:
         return _hooked_activations(model, input_shape)
     return sum(math.prod(node.output_shape) for node in graph.nodes
                if node.kind in ("module", "function") and isinstance(node.module, pointwise))
-
-
-_NONLINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
-              nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU, nn.SELU, nn.CELU, nn.Hardtanh)
 
 
 def _hooked_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -113,7 +111,10 @@ def _hooked_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
         if isinstance(out, Tensor):
             counts.append(out[0].numel())
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _NONLINEAR)]
+    from lipaudit.ops import OpKind, supported_types
+
+    pointwise = supported_types(OpKind.POINTWISE)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, pointwise)]
     try:
         ref = next(iter(model.parameters()), None)
         with torch.no_grad():
@@ -274,8 +275,6 @@ def run_audit(
     Returns:
         The result, ``status="partial"`` when interrupted or when a stage failed.
     """
-    from lipaudit.attacks.base import eval_mode
-
     progress = progress or NullProgress()
     n = int(x.shape[0])
     input_shape = tuple(int(s) for s in x.shape[1:])
@@ -302,8 +301,12 @@ def _run_stages(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, inp
     with stages.stage("lipschitz"):
         report = lip.lipschitz_report(model, input_shape, config.norm, x, y)
         st.lipschitz = report.to_dict()
-        bounds = lip.margin_lipschitz(model, input_shape, config.norm)
-        st.radius_lipschitz = lip.lipschitz_radius(model, x, y, config.norm, margin_bounds=bounds).detach()
+        if report.status == "bounded":
+            bounds = lip.margin_lipschitz(model, input_shape, config.norm)
+            st.radius_lipschitz = lip.lipschitz_radius(model, x, y, config.norm, margin_bounds=bounds).detach()
+        else:  # a stated property of the model, not a failure: the other stages run as usual
+            st.flags.append(FlagRecord(code=f"lipschitz-{report.status}", severity="info", stage="lipschitz",
+                                       message=f"No whole-network Lipschitz bound: {report.reason}"))
         progress("lipschitz", 1, 1)
     _run_attacks(model, x, y, config, st, stages, progress)
     _run_certification(model, x, y, config, correct, st, stages, progress)

@@ -7,18 +7,27 @@ fx cannot trace a model (data-dependent control flow, ...), it falls back to for
 the hooks are removed in a ``finally`` block whatever happens.
 
 Node kinds:
-    ``input``: the model input. ``module``: a call of a submodule (``name`` is its module path, ``module`` the
-    submodule). ``function``: a functional activation or pooling (``F.relu``, ``torch.tanh``, ``F.max_pool2d``,
-    ...; ``module`` is an equivalent ``nn.Module`` built from the call's arguments, so downstream code treats both
-    alike). ``add``: a sum of two tensors (residual connections). ``flatten``: a reshape that keeps the batch
-    dimension (``view``, ``reshape``, ``flatten``, ``contiguous``). ``output``: the model output.
+    ``input``: the model input. ``module``: a call of a submodule with a registry entry (:mod:`lipaudit.ops`;
+    ``name`` is its module path, ``module`` the submodule). ``function``: a functional activation or pooling
+    (``F.relu``, ``torch.tanh``, ``F.max_pool2d``, ...; ``module`` is an equivalent ``nn.Module`` built from the
+    call's arguments, so downstream code treats both alike). ``add``: a sum of two activations (residual
+    connections). ``flatten``: a reshape that keeps the batch dimension. ``affine``: adding, subtracting,
+    multiplying or dividing by constants (normalisation written in ``forward``, layer scale); ``factor`` is the
+    largest |scale|. ``structural``: a re-indexing that copies no entry (permute, transpose, squeeze, unsqueeze,
+    contiguous, clone, slicing, split/chunk parts, constant padding); ``factor`` 1. ``cat``: concatenation of
+    activations. ``product``: the product of two activations (no global Lipschitz bound). ``unbounded``: a function
+    without a global Lipschitz bound (layer/group normalisation, attention). ``opaque``: an op lipaudit has no rule
+    for (``op`` names it); stages that need a rule report it, the others run. ``output``: the model output.
+
+A module call whose type has no registry entry becomes an ``opaque`` node, never an error: the norm table, the
+attacks and the certification still run; the whole-network bound says which node stopped it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,31 +35,19 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from lipaudit._modes import eval_mode
 from lipaudit.errors import ShapeError, UnsupportedLayerError, UsageError
-from lipaudit.modules import Normalize
+from lipaudit.ops import FUNCTION_OPS, UNBOUNDED_FUNCTIONS, nonlinear_types, op_for_module, supported_types
 
-__all__ = ["ACTIVATIONS", "LINEAR_FALLBACK", "Graph", "Node", "supported_modules", "trace"]
+__all__ = ["ACTIVATIONS", "Graph", "Node", "supported_modules", "trace"]
 
-#: Linear layer types, used until :data:`lipaudit.norms.SUPPORTED_LINEAR` (the norm rule registry) is importable.
-LINEAR_FALLBACK: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d, nn.Flatten,
-    nn.Identity, nn.Dropout, Normalize, nn.AdaptiveAvgPool2d,
-)
-#: Non-linear layer types lipaudit has Lipschitz constants for.
-ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.MaxPool2d,
-)
+#: Non-linear module types with a Lipschitz constant (pointwise activations and max pooling), from the registry.
+ACTIVATIONS: tuple[type[nn.Module], ...] = nonlinear_types()
 
 
 def supported_modules() -> tuple[type[nn.Module], ...]:
-    """All module types :func:`trace` accepts: the norm rule registry's linear types plus :data:`ACTIVATIONS`."""
-    try:
-        from lipaudit.norms import SUPPORTED_LINEAR
-    except ImportError:
-        linear: tuple[type[nn.Module], ...] = LINEAR_FALLBACK
-    else:
-        linear = tuple(SUPPORTED_LINEAR)
-    return (*linear, *ACTIVATIONS)
+    """Every module type with a registry entry (:data:`lipaudit.ops.MODULE_OPS`), of any kind."""
+    return supported_types()
 
 
 @dataclass(frozen=True)
@@ -72,6 +69,12 @@ class Node:
     inputs: tuple[str, ...]
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    op: str = ""
+    factor: float | None = None
+
+    def with_kind(self, kind: str) -> Node:
+        """The same node with another kind."""
+        return dataclasses.replace(self, kind=kind)
 
 
 @dataclass(frozen=True)
@@ -99,46 +102,77 @@ class Graph:
         raise KeyError(name)
 
 
-# ---- functional ops: target → builder of an equivalent module from the call's (args after x, kwargs) ----------
-
-def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, key: str, default: Any) -> Any:
-    return args[i] if len(args) > i else kwargs.get(key, default)
-
-
-_Builder = Callable[[tuple[Any, ...], dict[str, Any]], nn.Module]
-_FUNCTIONS: dict[Any, _Builder] = {}
-for _t in (F.relu, torch.relu, "relu"):
-    _FUNCTIONS[_t] = lambda a, k: nn.ReLU()
-for _t in (torch.tanh, "tanh", F.tanh):
-    _FUNCTIONS[_t] = lambda a, k: nn.Tanh()
-for _t in (torch.sigmoid, "sigmoid", F.sigmoid):
-    _FUNCTIONS[_t] = lambda a, k: nn.Sigmoid()
-_FUNCTIONS[F.leaky_relu] = lambda a, k: nn.LeakyReLU(_arg(a, k, 0, "negative_slope", 0.01))
-_FUNCTIONS[F.elu] = lambda a, k: nn.ELU(_arg(a, k, 0, "alpha", 1.0))
-_FUNCTIONS[F.gelu] = lambda a, k: nn.GELU(approximate=k.get("approximate", "none"))
-_FUNCTIONS[F.softplus] = lambda a, k: nn.Softplus(_arg(a, k, 0, "beta", 1.0), _arg(a, k, 1, "threshold", 20.0))
-_FUNCTIONS[F.hardtanh] = lambda a, k: nn.Hardtanh(_arg(a, k, 0, "min_val", -1.0), _arg(a, k, 1, "max_val", 1.0))
-_FUNCTIONS[F.max_pool2d] = lambda a, k: nn.MaxPool2d(
-    _arg(a, k, 0, "kernel_size", None), _arg(a, k, 1, "stride", None), _arg(a, k, 2, "padding", 0),
-    _arg(a, k, 3, "dilation", 1), ceil_mode=_arg(a, k, 4, "ceil_mode", False))
-_FUNCTIONS[F.avg_pool2d] = lambda a, k: nn.AvgPool2d(
-    _arg(a, k, 0, "kernel_size", None), _arg(a, k, 1, "stride", None), _arg(a, k, 2, "padding", 0),
-    _arg(a, k, 3, "ceil_mode", False), _arg(a, k, 4, "count_include_pad", True))
-_FUNCTIONS[F.dropout] = lambda a, k: (
-    nn.Dropout(_arg(a, k, 0, "p", 0.5)) if not _arg(a, k, 1, "training", True)
-    else _no("dropout with training=True (a random map)"))
-_FUNCTIONS[F.adaptive_avg_pool2d] = lambda a, k: nn.AdaptiveAvgPool2d(_arg(a, k, 0, "output_size", None))
-
-def _no(what: str) -> nn.Module:
-    raise _unsupported(what)
-
-
 _ADD_TARGETS: tuple[Any, ...] = (operator.add, operator.iadd, torch.add, "add", "add_")
-_RESHAPE_TARGETS: tuple[Any, ...] = (torch.flatten, torch.reshape, "flatten", "view", "reshape", "contiguous")
+_RESHAPE_TARGETS: tuple[Any, ...] = (torch.flatten, torch.reshape, "flatten", "view", "reshape")
+_PRODUCT_TARGETS: tuple[Any, ...] = (operator.mul, operator.imul, torch.mul, "mul", "mul_", torch.matmul,
+                                     operator.matmul, "matmul", torch.bmm, "bmm", torch.einsum, operator.truediv,
+                                     torch.div, "div")
+_CAT_TARGETS: tuple[Any, ...] = (torch.cat, torch.concat, torch.concatenate)
+_SPLIT_TARGETS: tuple[Any, ...] = (torch.split, torch.chunk, torch.unbind, "split", "chunk", "unbind")
+#: x (op) constant: the factor is max |c| for a product, max |1/c| for a quotient, 1 for a shift or negation.
+_SCALE, _INVERSE, _SHIFT = "scale", "inverse", "shift"
+_AFFINE_KIND: dict[Any, str] = {
+    operator.mul: _SCALE, operator.imul: _SCALE, torch.mul: _SCALE, "mul": _SCALE, "mul_": _SCALE,
+    operator.truediv: _INVERSE, operator.itruediv: _INVERSE, torch.div: _INVERSE, "div": _INVERSE,
+    "div_": _INVERSE, torch.true_divide: _INVERSE,
+    operator.add: _SHIFT, operator.iadd: _SHIFT, torch.add: _SHIFT, "add": _SHIFT, "add_": _SHIFT,
+    operator.sub: _SHIFT, operator.isub: _SHIFT, torch.sub: _SHIFT, "sub": _SHIFT, "sub_": _SHIFT,
+    torch.rsub: _SHIFT, operator.neg: _SHIFT, torch.neg: _SHIFT, "neg": _SHIFT,
+}
+_AFFINE_TARGETS = tuple(_AFFINE_KIND)
+#: Re-indexings that copy no entry, whatever their arguments.
+_STRUCTURAL_TARGETS: tuple[Any, ...] = (
+    torch.permute, "permute", torch.transpose, "transpose", torch.squeeze, "squeeze", torch.unsqueeze, "unsqueeze",
+    "contiguous", torch.clone, "clone", "detach", torch.flip, "flip", torch.roll, "roll", torch.movedim, "movedim",
+    "to", "float", "type_as",
+)
 
 
-_AFFINE_NAMES = frozenset({"sub", "sub_", "rsub", "truediv", "div", "div_", "mul", "mul_", "neg", "isub",
-                           "itruediv", "imul"})
+def _affine_factor(n: fx.Node, x: fx.Node, values: dict[fx.Node, Any]) -> float | None:
+    """The Lipschitz factor of ``x (op) constants`` (None when the constant is not a finite number or tensor)."""
+    kind = _AFFINE_KIND[n.target]
+    others = [a for a in (*n.args, *n.kwargs.values()) if a is not x]
+    if kind == _SHIFT:
+        if n.target in (operator.add, torch.add, "add", "add_", operator.sub, torch.sub, "sub", "sub_") and \
+                n.kwargs.get("alpha", 1) != 1:
+            return None
+        return 1.0
+    if n.args[0] is not x and kind == _INVERSE:
+        return None  # c / x is not affine in x
+    consts = [values[a] if isinstance(a, fx.Node) else a for a in others]
+    if len(consts) != 1 or not isinstance(consts[0], (int, float, torch.Tensor)) or isinstance(consts[0], bool):
+        return None
+    c = torch.as_tensor(consts[0], dtype=torch.float64).abs()
+    if not bool(torch.isfinite(c).all()) or c.numel() == 0:
+        return None
+    if kind == _INVERSE:
+        if bool((c == 0).any()):
+            return None
+        c = 1.0 / c
+    return float(c.max())
+
+
+def _is_structural(n: fx.Node, dyn: list[fx.Node], values: dict[fx.Node, Any]) -> bool:
+    """A single-activation re-indexing that copies no entry (so its ℓp Lipschitz constant is at most 1)."""
+    if len(dyn) != 1 or n.args[:1] != (dyn[0],):
+        return False
+    if n.target in _STRUCTURAL_TARGETS:
+        return n.target not in ("to", "float", "type_as") or values[n].dtype.is_floating_point
+    if n.target is operator.getitem:  # a slice, or a part of split/chunk
+        index = n.args[1] if len(n.args) > 1 else None
+        return isinstance(index, (int, slice, tuple)) and not _has_tensor(index)
+    if n.target is F.pad:
+        mode = n.kwargs.get("mode", n.args[2] if len(n.args) > 2 else "constant")
+        return mode == "constant"
+    return False
+
+
+def _has_tensor(index: Any) -> bool:
+    if isinstance(index, tuple):
+        return any(_has_tensor(i) for i in index)
+    return isinstance(index, (fx.Node, torch.Tensor))
+
+
 
 
 def _op_name(target: Any) -> str:
@@ -147,12 +181,14 @@ def _op_name(target: Any) -> str:
 
 def _supported_text() -> str:
     mods = ", ".join(sorted({t.__name__ for t in supported_modules()}))
-    funcs = ", ".join(sorted({_op_name(t) for t in _FUNCTIONS}))
-    return f"modules: {mods}; functions: {funcs}; add (+), flatten/view/reshape"
+    funcs = ", ".join(sorted({_op_name(t) for t in FUNCTION_OPS}))
+    return (f"modules: {mods}; functions: {funcs}; add, cat, constant affine ops (+ − × ÷ by constants), "
+            "reshapes and re-indexing")
 
 
 def _unsupported(what: str) -> UnsupportedLayerError:
-    return UnsupportedLayerError(f"Unsupported {what}. Supported {_supported_text()}")
+    # the cause on the first line (what one-line reports show); the list of rules on the next (shown with -vv)
+    return UnsupportedLayerError(f"Unsupported {what}: no rule for it\nSupported {_supported_text()}")
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -176,21 +212,9 @@ def _example_input(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.rand((2, *shape), generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run in eval mode (BatchNorm statistics must not change), then restore every module's flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (*supported_modules(), torch.jit.ScriptModule)):
+        if op_for_module(m) is not None or isinstance(m, torch.jit.ScriptModule):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -239,8 +263,23 @@ def _trace_fx(model: nn.Module, shape: tuple[int, ...]) -> Graph:
         used.add(name)
         return name
 
-    def tensor_args(n: fx.Node) -> list[fx.Node]:
-        return [a for a in n.all_input_nodes if isinstance(values.get(a), torch.Tensor)]
+    dynamic: set[fx.Node] = set()  # nodes whose value depends on the model input
+    aliases: dict[fx.Node, str] = {}  # split/chunk results (tuples): the graph node they slice
+    alias_shapes: dict[fx.Node, tuple[int, ...]] = {}
+
+    def dyn_inputs(n: fx.Node) -> list[fx.Node]:
+        """The activations ``n`` reads: input-dependent tensors and split/chunk parts, not shape arithmetic."""
+        return [a for a in n.all_input_nodes if a in dynamic and (a in aliases or a in names)]
+
+    def depends(n: fx.Node) -> bool:
+        return any(a in dynamic for a in n.all_input_nodes)
+
+    def add(name: str, kind: str, mod: nn.Module | None, inputs: list[fx.Node], out: Any, op: str = "",
+            factor: float | None = None) -> None:
+        srcs = tuple(aliases.get(a, names.get(a, "")) for a in inputs)
+        first = values.get(inputs[0]) if inputs else None
+        in_shape = _shape(first) if isinstance(first, torch.Tensor) else alias_shapes.get(inputs[0], ())
+        nodes.append(Node(name, kind, mod, srcs, in_shape, _shape(out), op=op, factor=factor))
 
     for n in fx_graph.nodes:
         val = values.get(n)
@@ -248,58 +287,68 @@ def _trace_fx(model: nn.Module, shape: tuple[int, ...]) -> Graph:
             if names:
                 raise _unsupported(f"second model input {n.name!r}: lipaudit traces single-input classifiers")
             names[n] = unique("input")
+            dynamic.add(n)
             nodes.append(Node(names[n], "input", None, (), shape, shape))
             continue
         if n.op == "output":
-            if not isinstance(val, torch.Tensor) or not isinstance(n.args[0], fx.Node):
+            if not isinstance(val, torch.Tensor) or not isinstance(n.args[0], fx.Node) or n.args[0] not in names:
                 raise _unsupported("model output: expected a single tensor of logits")
             src = n.args[0]
             nodes.append(Node(unique("output"), "output", None, (names[src],), _shape(val), _shape(val)))
             continue
+        if not depends(n):
+            continue  # a constant (parameter, buffer, a function of constants): read where it is used
+        dynamic.add(n)
+        dyn = dyn_inputs(n)
         if not isinstance(val, torch.Tensor):
-            continue  # shape arithmetic such as x.size(0)
-        if n.op == "get_attr":
-            names[n] = n.name  # a constant; only legal where no rule reads it as a layer input (checked below)
-            continue
-        args = tensor_args(n)
-        unknown = [a for a in args if a not in names or a.op == "get_attr"]
+            if isinstance(val, (tuple, list)) and n.target in _SPLIT_TARGETS and len(dyn) == 1 and dyn[0] in names:
+                aliases[n] = names[dyn[0]]  # getitem on it is a slice of that node
+                alias_shapes[n] = _shape(values[dyn[0]])
+            continue  # shape arithmetic such as x.size(0) only feeds view/reshape arguments
+        target = n.target
+        name = unique(str(target) if n.op == "call_module" else n.name)
         if n.op == "call_module":
-            target = str(n.target)
-            module = model.get_submodule(target)
-            if not isinstance(module, supported_modules()):
-                raise _unsupported(f"layer {target!r} of type {type(module).__name__}")
-            kind, name, mod = "module", unique(target), module
-        elif n.target in _ADD_TARGETS:
-            if len(args) != 2 or unknown or len(n.args) > 2 or n.kwargs:
-                raise _unsupported(f"operation {n.name!r} ({_op_name(n.target)}): only the sum of two activations")
-            kind, name, mod = "add", unique(n.name), None
-        elif n.target in _RESHAPE_TARGETS:
-            if val.shape[0] != values[args[0]].shape[0]:
-                raise _unsupported(f"operation {n.name!r} ({_op_name(n.target)}): it mixes the batch dimension")
-            kind, name, mod = "flatten", unique(n.name), None
-        elif n.target in _FUNCTIONS:
+            module = model.get_submodule(str(target))
+            entry = op_for_module(module)
+            if entry is None:
+                add(name, "opaque", module, dyn, val, op=type(module).__name__)
+            else:
+                add(name, "module", module, dyn[:1] if len(dyn) == 1 else dyn, val, op=entry.name)
+                if len(dyn) != 1:
+                    nodes[-1] = nodes[-1].with_kind("opaque")
+        elif target in _ADD_TARGETS and len(dyn) == 2 and not n.kwargs and len(n.args) == 2:
+            add(name, "add", None, dyn, val, op="add")
+        elif target in _PRODUCT_TARGETS and len(dyn) == 2:
+            add(name, "product", None, dyn, val, op=_op_name(target))
+        elif target in _AFFINE_TARGETS and len(dyn) == 1:
+            factor = _affine_factor(n, dyn[0], values)
+            if factor is None or _shape(val) != _shape(values[dyn[0]]):
+                add(name, "opaque", None, dyn, val, op=_op_name(target))  # broadcasting that copies entries
+            else:
+                add(name, "affine", None, dyn, val, op=_op_name(target), factor=factor)
+        elif target in _RESHAPE_TARGETS and len(dyn) == 1:
+            if val.shape[0] != values[dyn[0]].shape[0]:
+                raise _unsupported(f"operation {n.name!r} ({_op_name(target)}): it mixes the batch dimension")
+            add(name, "flatten", None, dyn, val, op=_op_name(target))
+        elif _is_structural(n, dyn, values):
+            add(name, "structural", None, dyn, val, op=_op_name(target), factor=1.0)
+        elif target in _CAT_TARGETS:
+            add(name, "cat", None, dyn, val, op=_op_name(target))
+        elif target in FUNCTION_OPS and len(dyn) == 1 and n.args and n.args[0] is dyn[0]:
             extra = list(n.args[1:])
-            if any(isinstance(a, fx.Node) for a in extra):
-                raise _unsupported(f"operation {n.name!r} with tensor-valued arguments")
             kwargs = {k: v for k, v in n.kwargs.items() if k != "inplace"}
-            kind, name, mod = "function", unique(n.name), _FUNCTIONS[n.target](tuple(extra), kwargs)
+            add(name, "function", FUNCTION_OPS[target](tuple(extra), kwargs), dyn, val, op=_op_name(target))
+        elif target in UNBOUNDED_FUNCTIONS:
+            add(name, "unbounded", None, dyn, val, op=_op_name(target))
         else:
-            what = f"operation {n.name!r} ({n.op} {_op_name(n.target)})"
-            if _op_name(n.target) in _AFFINE_NAMES:
-                what += (" — if this is input normalisation written in forward (x - mean) / std, remove it from "
-                         "forward and pass --mean/--std (or put lipaudit.Normalize first in the model)")
-            raise _unsupported(what)
-        if kind != "add" and (len(args) != 1 or unknown):
-            raise _unsupported(f"operation {name!r}: it must read exactly one activation, got {len(args)}")
+            add(name, "opaque", None, dyn, val, op=_op_name(target))
         names[n] = name
-        nodes.append(Node(name, kind, mod, tuple(names[a] for a in args), _shape(values[args[0]]), _shape(val)))
     return Graph(tuple(nodes))
 
 
 def _leaf_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    supported = supported_modules()
     for path, m in model.named_modules():
-        if isinstance(m, supported) or (not list(m.children()) and path):
+        if op_for_module(m) is not None or (not list(m.children()) and path):
             yield path, m
 
 
@@ -321,7 +370,7 @@ def _trace_hooks(model: nn.Module, shape: tuple[int, ...]) -> Graph:
     used = {"input"}
     for path, mod, inp, out in calls:
         # keep references alive in `calls` so that ids stay unique while we resolve them
-        if not isinstance(mod, supported_modules()):
+        if op_for_module(mod) is None:
             raise _unsupported(f"layer {path!r} of type {type(mod).__name__}")
         tensors = [t for t in inp if isinstance(t, torch.Tensor)]
         if len(tensors) != 1 or not isinstance(out, torch.Tensor):
@@ -373,8 +422,8 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Graph:
         model = from_torchscript(model, _example_input(model, shape))
     elif is_aten_graph(model):
         model = from_aten(model)  # type: ignore[arg-type]
-    with _eval_mode(model):
-        if isinstance(model, supported_modules()):  # a single layer: fx would trace through its forward
+    with eval_mode(model):
+        if op_for_module(model) is not None:  # a single layer: fx would trace through its forward
             x = _example_input(model, shape)
             out = _run(lambda: model(x), shape)
             name = type(model).__name__

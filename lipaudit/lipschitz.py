@@ -16,7 +16,6 @@ min_{j≠y} (f_y − f_j)(x) / L_yj.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,12 +29,15 @@ from lipaudit.graph import Graph, Node, trace
 from lipaudit.lipschitz_lower import _lower_bounds, _margins, empirical_lipschitz, margin_lower
 from lipaudit.modules import Normalize
 from lipaudit.norms import SUPPORTED_LINEAR, operator_norm
+from lipaudit.ops import GELU_CONSTANT, OpKind, activation_constant, nonlinear_types, op_for_module
 from lipaudit.types import Norm
 
 __all__ = [
     "ACTIVATION_CONSTANTS",
     "GELU_CONSTANT",
     "LipschitzReport",
+    "UnavailableBound",
+    "UnboundedNetwork",
     "empirical_lipschitz",
     "layer_factors",
     "lipschitz_radius",
@@ -45,46 +47,35 @@ __all__ = [
     "network_lipschitz",
 ]
 
-#: sup |GELU'(x)| = Φ(√2) + √2·φ(√2) = (1 + erf(1))/2 + e^{-1}/√π, attained at x = √2 (GELU'' = φ(x)(2 − x²)).
-GELU_CONSTANT = (1.0 + math.erf(1.0)) / 2.0 + math.exp(-1.0) / math.sqrt(math.pi)
-
-
-@functools.cache
-def _gelu_tanh_constant() -> float:
-    """sup |d/dx GELU_tanh(x)| on a 1e-4 grid over [-8, 8] plus 1e-3 (|GELU''| < 1 bounds the grid error)."""
-    x = torch.arange(-8.0, 8.0, 1e-4, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(nn.functional.gelu(x, approximate="tanh").sum(), x)
-    return float(g.abs().max()) + 1e-3
-
-
 _Rule = Callable[[nn.Module, Node, Norm], float]
 
 
-def _maxpool(m: nn.Module, node: Node, norm: Norm) -> float:
-    if norm is Norm.LINF:
-        return 1.0
-    assert isinstance(m, nn.MaxPool2d)  # registry key; not user input
-    per_axis = []
-    for i in range(2):
-        k, s, d = (getattr(m, a) if isinstance(getattr(m, a), int) else getattr(m, a)[i]
-                   for a in ("kernel_size", "stride", "dilation"))
-        per_axis.append(min(k, (k - 1) * d // s + 1))
-    windows = per_axis[0] * per_axis[1]
-    return float(windows) if norm is Norm.L1 else math.sqrt(windows)
+def _registry_rule(m: nn.Module, node: Node, norm: Norm) -> float:
+    value = activation_constant(m, norm)
+    assert value is not None  # only used for registry types of pointwise/pooling kind
+    return value
 
 
-#: Lipschitz constant of each non-linear layer type, for a given norm (the same on input and output side).
-ACTIVATION_CONSTANTS: Mapping[type[nn.Module], _Rule] = {
-    nn.ReLU: lambda m, n, p: 1.0,
-    nn.Tanh: lambda m, n, p: 1.0,
-    nn.Softplus: lambda m, n, p: 1.0,
-    nn.Hardtanh: lambda m, n, p: 1.0,
-    nn.Sigmoid: lambda m, n, p: 0.25,
-    nn.LeakyReLU: lambda m, n, p: max(1.0, abs(float(cast(nn.LeakyReLU, m).negative_slope))),
-    nn.ELU: lambda m, n, p: max(1.0, abs(float(cast(nn.ELU, m).alpha))),
-    nn.GELU: lambda m, n, p: GELU_CONSTANT if cast(nn.GELU, m).approximate == "none" else _gelu_tanh_constant(),
-    nn.MaxPool2d: _maxpool,
-}
+#: Lipschitz constant of each non-linear layer type, for a given norm (the same on input and output side); the
+#: values come from the op registry (:mod:`lipaudit.ops`).
+ACTIVATION_CONSTANTS: Mapping[type[nn.Module], _Rule] = {t: _registry_rule for t in nonlinear_types()}
+
+
+class UnboundedNetwork(UnsupportedLayerError):
+    """The network has no global Lipschitz bound: a node multiplies activations or divides by a data-dependent
+    scale. ``node`` and ``op`` name it."""
+
+    def __init__(self, message: str, node: str, op: str) -> None:
+        super().__init__(message)
+        self.node, self.op = node, op
+
+
+class UnavailableBound(UnsupportedLayerError):
+    """No rule gives a bound for a node (an op lipaudit does not know). ``node`` and ``op`` name it."""
+
+    def __init__(self, message: str, node: str, op: str) -> None:
+        super().__init__(message)
+        self.node, self.op = node, op
 
 
 def _linear_types() -> tuple[type[nn.Module], ...]:
@@ -106,23 +97,23 @@ def _operator_norm(module: nn.Module, input_shape: tuple[int, ...], norm: Norm, 
 
 
 def _activation_rule(module: nn.Module) -> _Rule | None:
-    for cls in type(module).__mro__:
-        if cls in ACTIVATION_CONSTANTS:
-            return ACTIVATION_CONSTANTS[cls]
-    return None
+    op = op_for_module(module)
+    return _registry_rule if op is not None and op.kind in (OpKind.POINTWISE, OpKind.POOLING) else None
 
 
 def _factor(node: Node, norm: Norm, cache: _Cache | None = None) -> float:
     module = node.module
     assert module is not None  # only called for nodes carrying a module
-    rule = _activation_rule(module)
-    if rule is not None:
-        return rule(module, node, norm)
-    if isinstance(module, _linear_types()):
+    op = op_for_module(module)
+    if op is not None and op.kind in (OpKind.POINTWISE, OpKind.POOLING):
+        return _registry_rule(module, node, norm)
+    if op is not None and op.kind is OpKind.LINEAR and isinstance(module, _linear_types()):
         return _operator_norm(module, node.input_shape, norm, cache)
-    raise UnsupportedLayerError(
-        f"Unsupported layer {node.name!r} of type {type(module).__name__} for Lipschitz bounds. Supported: "
-        f"{', '.join(sorted({t.__name__ for t in (*_linear_types(), *ACTIVATION_CONSTANTS)}))}")
+    if op is not None and op.kind is OpKind.UNBOUNDED:
+        raise UnboundedNetwork(f"node {node.name!r} ({op.name}) has no global Lipschitz bound: {op.why}",
+                               node.name, op.name)
+    raise UnavailableBound(f"node {node.name!r} ({node.op or type(module).__name__}) has no Lipschitz rule",
+                           node.name, node.op or type(module).__name__)
 
 
 # ---- folding BatchNorm / Normalize into the neighbouring conv or linear layer --------------------------------------
@@ -209,8 +200,9 @@ def layer_factors(graph: Graph, norm: Norm, *, fold: bool = True, cache: _Cache 
     A fold is kept only when the folded operator's norm is at most the product of the separate norms.
     """
     factors: dict[str, _Factor] = {}
+    _check_bounded(graph)
     for node in graph.modules():
-        if node.name in factors:
+        if node.name in factors or node.kind == "opaque":
             continue
         value = _factor(node, norm, cache)
         how = "activation" if _activation_rule(node.module) is not None else "operator-norm"  # type: ignore[arg-type]
@@ -226,25 +218,56 @@ def layer_factors(graph: Graph, norm: Norm, *, fold: bool = True, cache: _Cache 
     return [factors[n.name] for n in graph.modules()]
 
 
-def _compose(graph: Graph, factors: Mapping[str, float]) -> dict[str, float]:
+def _check_bounded(graph: Graph) -> None:
+    """Raise :class:`UnboundedNetwork` / :class:`UnavailableBound` naming the first node without a bound."""
+    for node in graph.nodes:
+        if node.kind in ("product", "unbounded"):
+            what = "the product of two activations" if node.kind == "product" else node.op
+            raise UnboundedNetwork(f"node {node.name!r} ({node.op}) has no global Lipschitz bound: it is {what} "
+                                   "of the input", node.name, node.op)
+        if node.kind == "module" and node.module is not None:
+            op = op_for_module(node.module)
+            if op is not None and op.kind is OpKind.UNBOUNDED:
+                raise UnboundedNetwork(f"node {node.name!r} ({op.name}) has no global Lipschitz bound: {op.why}",
+                                       node.name, op.name)
+        if node.kind == "opaque":
+            raise UnavailableBound(f"node {node.name!r} ({node.op}) has no Lipschitz rule", node.name, node.op)
+
+
+def _cat(bounds: list[float], norm: Norm) -> float:
+    """Lipschitz bound of x ↦ (f_1(x), …, f_k(x)) concatenated: ‖(Δ_1, …, Δ_k)‖_p = (Σ‖Δ_i‖_p^p)^(1/p)."""
+    if norm is Norm.LINF:
+        return max(bounds)
+    p = norm.p
+    return float(sum(b ** p for b in bounds) ** (1.0 / p))
+
+
+def _compose(graph: Graph, factors: Mapping[str, float], norm: Norm) -> dict[str, float]:
     bound: dict[str, float] = {}
     for node in graph.nodes:
         if node.kind == "input":
             bound[node.name] = 1.0
         elif node.kind == "add":
             bound[node.name] = sum(bound[i] for i in node.inputs)
+        elif node.kind == "cat":
+            bound[node.name] = _cat([bound[i] for i in node.inputs], norm)
         elif node.kind in ("flatten", "output"):
             bound[node.name] = bound[node.inputs[0]]
-        elif node.module is not None:
+        elif node.kind in ("affine", "structural"):
+            assert node.factor is not None  # set by the tracer for these kinds
+            bound[node.name] = node.factor * bound[node.inputs[0]]
+        elif node.module is not None and node.name in factors:
             bound[node.name] = factors[node.name] * bound[node.inputs[0]]
         else:
-            raise UnsupportedLayerError(f"Unsupported graph node {node.name!r} of kind {node.kind!r}")
+            _check_bounded(graph)  # names the node and op that has no bound
+            raise UnavailableBound(f"node {node.name!r} ({node.op or node.kind}) has no Lipschitz rule", node.name,
+                                   node.op or node.kind)
     return bound
 
 
 def _upper(graph: Graph, norm: Norm, fold: bool, cache: _Cache) -> float:
     factors = {f.name: f.value for f in layer_factors(graph, norm, fold=fold, cache=cache)}
-    return _compose(graph, factors)[graph.nodes[-1].name]
+    return _compose(graph, factors, norm)[graph.nodes[-1].name]
 
 
 def network_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | float) -> float:
@@ -295,7 +318,7 @@ def _margin_matrix(graph: Graph, norm: Norm, cache: _Cache) -> torch.Tensor:
         # bound of h: compose without folding into the head (its rows are used raw)
         h_graph = Graph(tuple(n for n in graph.nodes if graph.nodes.index(n) <= graph.nodes.index(graph.node(feed))))
         factors = {f.name: f.value for f in layer_factors(h_graph, norm, cache=cache)}
-        l_h = _compose(h_graph, factors)[feed]
+        l_h = _compose(h_graph, factors, norm)[feed]
         w64 = w.double().cpu()
         diffs = torch.linalg.vector_norm(w64[:, None, :] - w64[None, :, :], ord=q, dim=-1)
         generic = torch.minimum(generic, diffs * l_h)
@@ -336,17 +359,24 @@ class LipschitzReport:
         margin_lower: lower bound on max_{y,j} L(f_y − f_j) at the given points (None without points).
         margin_looseness: margin_upper / margin_lower (None without points).
         factors: (name, kind, factor, how) per graph node carrying a module.
+        status: ``"bounded"``; ``"unbounded"`` when a node has no global Lipschitz bound (a product of activations,
+            LayerNorm, ...), ``"unavailable"`` when a node has no rule; then every upper bound is ``None`` and
+            ``reason``, ``node`` and ``op`` say which node stopped it.
     """
 
     norm: Norm
-    upper_product: float
-    upper_graph: float
-    margin_upper: float
+    upper_product: float | None
+    upper_graph: float | None
+    margin_upper: float | None
     empirical_lower: float | None
     looseness: float | None
     margin_lower: float | None = None
     margin_looseness: float | None = None
     factors: tuple[tuple[str, str, float, str], ...] = field(default=())
+    status: str = "bounded"
+    reason: str = ""
+    node: str | None = None
+    op: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (norm as ``"1"``, ``"2"`` or ``"inf"``)."""
@@ -358,6 +388,7 @@ class LipschitzReport:
             "looseness": num(self.looseness), "margin_lower": num(self.margin_lower),
             "margin_looseness": num(self.margin_looseness),
             "factors": [{"name": a, "kind": b, "value": num(c), "how": d} for a, b, c, d in self.factors],
+            "status": self.status, "reason": self.reason, "node": self.node, "op": self.op,
         }
 
 
@@ -367,9 +398,18 @@ def lipschitz_report(model: nn.Module, input_shape: Any, norm: Norm | str | floa
     norm = Norm.parse(norm)
     graph = trace(model, input_shape)
     cache: _Cache = {}
+    try:
+        _check_bounded(graph)
+    except (UnboundedNetwork, UnavailableBound) as err:
+        lower = m_lower = None
+        if x is not None and y is not None:
+            lower, m_lower = _lower_bounds(model, x, y, norm)
+        status = "unbounded" if isinstance(err, UnboundedNetwork) else "unavailable"
+        return LipschitzReport(norm, None, None, None, lower, None, m_lower, None, (), status, str(err), err.node,
+                               err.op)
     upper_product = _upper(graph, norm, False, cache)
     factors = layer_factors(graph, norm, fold=True, cache=cache)
-    upper = _compose(graph, {f.name: f.value for f in factors})[graph.nodes[-1].name]
+    upper = _compose(graph, {f.name: f.value for f in factors}, norm)[graph.nodes[-1].name]
     margin_up = float(_margin_matrix(graph, norm, cache).max())
     lower = m_lower = loose = m_loose = None
     if x is not None and y is not None:

@@ -131,29 +131,43 @@ def test_shared_module_gets_unique_names() -> None:
     assert graph.node("fc_1").inputs == ("relu",)
 
 
-def test_unsupported_module_names_path_and_supported_types() -> None:
+def test_unknown_module_becomes_an_opaque_node_named_by_path_and_type() -> None:
+    from lipaudit.lipschitz import UnavailableBound, network_lipschitz
+
     model = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1)))
-    with pytest.raises(UnsupportedLayerError, match=r"'1\.1' of type Softmax") as info:
-        trace(model, (4,))
-    assert "Conv2d" in str(info.value) and "ReLU" in str(info.value)
+    graph = trace(model, (4,))
+    node = graph.node("1.1")
+    assert node.kind == "opaque" and node.op == "Softmax" and node.inputs == ("1.0",)
+    with pytest.raises(UnavailableBound, match=r"'1\.1' \(Softmax\) has no Lipschitz rule") as info:
+        network_lipschitz(model, (4,), "inf")
+    assert info.value.node == "1.1" and info.value.op == "Softmax"
 
 
-def test_unsupported_function() -> None:
+def test_unknown_function_becomes_an_opaque_node() -> None:
     class Sine(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.sin(x)
 
-    with pytest.raises(UnsupportedLayerError, match="sin"):
-        trace(Sine(), (3,))
+    graph = trace(Sine(), (3,))
+    assert [(n.kind, n.op) for n in graph.nodes[1:-1]] == [("opaque", "sin")]
 
 
-def test_product_of_activations_is_unsupported() -> None:
+def test_product_of_activations_is_unbounded() -> None:
+    from lipaudit.lipschitz import UnboundedNetwork, lipschitz_report
+
     class Gate(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * torch.sigmoid(x)
 
-    with pytest.raises(UnsupportedLayerError, match="mul"):
-        trace(Gate(), (3,))
+    graph = trace(Gate(), (3,))
+    assert [n.kind for n in graph.nodes] == ["input", "function", "product", "output"]
+    with pytest.raises(UnboundedNetwork, match="product of two activations"):
+        from lipaudit.lipschitz import network_lipschitz
+
+        network_lipschitz(Gate(), (3,), "2")
+    report = lipschitz_report(Gate(), (3,), "2", torch.rand(4, 3), torch.zeros(4, dtype=torch.long))
+    assert report.status == "unbounded" and report.upper_graph is None and report.node == "mul"
+    assert report.empirical_lower is not None  # the lower bound does not need a rule
 
 
 def test_shape_error() -> None:

@@ -69,23 +69,52 @@ def test_complete_audit_states_budget_normalisation_and_ordering(digits_model: P
     assert problems(data, html) == []
 
 
-def test_partial_audit_exits_5_and_lists_what_is_missing(tmp_path: Path) -> None:
+SINNET = ("import torch\nfrom torch import nn\n\nclass Sin(nn.Module):\n    def forward(self, x):\n"
+          "        return torch.sin(x)\n\ndef build():\n"
+          "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 24), Sin(), nn.Linear(24, 10))\n")
+
+
+def _sin_model(tmp_path: Path) -> tuple[Path, str]:
     from torch import nn
 
-    (tmp_path / "sinnet.py").write_text(
-        "import torch\nfrom torch import nn\n\nclass Sin(nn.Module):\n    def forward(self, x):\n"
-        "        return torch.sin(x)\n\ndef build():\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 24), Sin(), nn.Linear(24, 10))\n")
+    (tmp_path / "sinnet.py").write_text(SINNET)
     torch.manual_seed(0)
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.Identity(), nn.Linear(24, 10)).state_dict(),
                tmp_path / "sin.pt")
-    res, data, html = _check(tmp_path / "sin.pt", tmp_path, "--arch", f"{tmp_path / 'sinnet.py'}:build",
-                             "--no-radius")
+    return tmp_path / "sin.pt", f"{tmp_path / 'sinnet.py'}:build"
+
+
+def test_an_op_without_a_rule_leaves_every_other_stage_running(tmp_path: Path) -> None:
+    path, arch = _sin_model(tmp_path)
+    res, data, html = _check(path, tmp_path, "--arch", arch, "--no-radius")
+    assert res.exit_code == 0, res.output  # complete, with a flag saying what has no bound
+    assert data["status"] == "complete" and [layer["name"] for layer in data["layers"]] == ["0", "1", "3"]
+    assert data["lipschitz"]["status"] == "unavailable" and data["lipschitz"]["node"] == "sin"
+    assert data["lipschitz"]["upper_graph"] is None and data["lipschitz"]["empirical_lower"] > 0
+    assert any(f["code"] == "lipschitz-unavailable" for f in data["flags"])
+    assert all("Lipschitz" not in row["certified"] for row in data["accuracy"])
+    assert all(row["worst_case"] is not None and "IBP" in row["certified"] for row in data["accuracy"])
+    assert "has no Lipschitz rule" in html
+    assert problems(data, html) == []
+
+
+def test_partial_audit_exits_5_and_lists_what_is_missing(digits_model: Path, tmp_path: Path,  # noqa: F811
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage that fails (a double of the norms stage raising) makes the audit partial: exit 5, the stage named,
+    its figures absent, every other stage's figures present."""
+    import lipaudit.norms
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated norms failure")
+
+    monkeypatch.setattr(lipaudit.norms, "layer_norms", failing)
+    res, data, html = _check(digits_model, tmp_path, "--no-radius")
     assert res.exit_code == 5, res.output
-    assert {f["stage"] for f in data["failures"]} >= {"norms", "lipschitz"}
-    assert data["layers"] == [] and data["lipschitz"] == {}
-    assert "No layer norms" in html and "No Lipschitz bound" in html
-    assert "stage norms did not finish" in res.output
+    assert [f["stage"] for f in data["failures"]] == ["norms"]
+    assert data["layers"] == [] and data["lipschitz"]["upper_graph"] is not None
+    assert all(row["worst_case"] is not None for row in data["accuracy"])  # attacks ran
+    assert "No layer norms: norms: simulated norms failure" in html
+    assert "stage norms did not finish: simulated norms failure" in res.output
     assert problems(data, html) == []
 
 

@@ -348,7 +348,9 @@ def test_report_to_dict_is_json_ready() -> None:
     d = report.to_dict()
     assert d["norm"] == "2" and report.norm is Norm.L2
     assert d["looseness"] == pytest.approx(d["upper_graph"] / d["empirical_lower"])
-    assert all(isinstance(v, (float, type(None))) for k, v in d.items() if k not in ("norm", "factors"))
+    assert all(isinstance(v, (float, type(None))) for k, v in d.items()
+               if k not in ("norm", "factors", "status", "reason", "node", "op"))
+    assert d["status"] == "bounded" and d["node"] is None
     assert [f["name"] for f in d["factors"]] == ["0", "1", "2", "3", "4", "5"]
 
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 import abc
 import math
 import numbers
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from lipaudit._modes import eval_mode
 from lipaudit.errors import ShapeError, UsageError
 from lipaudit.types import Norm
 
@@ -93,18 +92,6 @@ class CountingModel(nn.Module):
             "forward_samples": self.forward_samples,
             "backward_samples": self.backward_samples,
         }
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule of ``model`` in eval mode and restore each one's own mode afterwards, even on error."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.train(training)
 
 
 def check_eps(eps: float | Tensor, n: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -23,7 +23,6 @@ __all__ = [
     "rss_bytes",
 ]
 
-_NONLINEAR = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.MaxPool2d, nn.ELU, nn.Softplus)
 
 
 class Deadline(BaseException):
@@ -111,7 +110,10 @@ def dense_matrix_bytes(model: nn.Module, x: torch.Tensor, num_specs: int) -> int
     def _hook(module: nn.Module, args: Sequence[torch.Tensor], output: torch.Tensor) -> None:
         counts.append(args[0][0].numel())
 
-    handles = [m.register_forward_hook(_hook) for m in model.modules() if isinstance(m, _NONLINEAR)]
+    from lipaudit.ops import nonlinear_types
+
+    nonlinear = nonlinear_types()
+    handles = [m.register_forward_hook(_hook) for m in model.modules() if isinstance(m, nonlinear)]
     try:
         with torch.no_grad():
             model(x[:1])

@@ -71,3 +71,6 @@ def norms(model: str, input_shape: str | None, arch: str | None, unsafe_pickle: 
     rows2 = [[f"ℓ{'∞' if b.norm is Norm.LINF else b.norm.value}", "", "", _fmt(b.upper_product), _fmt(b.upper_graph),
               _fmt(b.margin_upper), _fmt(b.empirical_lower)] for b in bounds]
     click.echo(_table(rows2, header2))
+    reasons = sorted({f"{b.status}: {b.reason}" for b in bounds if b.status != "bounded"})
+    for reason in reasons:
+        click.echo(f"No whole-network upper bound ({reason})")

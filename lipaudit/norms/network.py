@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lipaudit.errors import ShapeError
+from lipaudit._modes import eval_mode
+from lipaudit.errors import ShapeError, UnsupportedLayerError, first_line
 from lipaudit.norms.base import SpectralBracket
 from lipaudit.norms.rules import RULES, rule_for
+from lipaudit.ops import registered_type
 from lipaudit.types import Norm
 
 __all__ = ["DEFAULT_TOL", "LayerNorm", "l2_bracket", "layer_norm", "layer_norms", "operator_norm"]
@@ -168,13 +170,48 @@ def layer_norms(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dt
     """
     from lipaudit.graph import trace
 
-    graph = trace(model, input_shape)
+    try:
+        graph = trace(model, input_shape)
+        found = [(node.name, node.module, node.input_shape, node.output_shape) for node in graph.modules()
+                 if node.kind == "module" and node.module is not None]
+    except UnsupportedLayerError:  # the graph cannot be traced: every linear layer still gets its row
+        found = _leaf_layers(model, input_shape)
     rows = []
-    for node in graph.modules():
-        if node.module is None or type(node.module) not in RULES:
+    for name, module, in_shape, out_shape in found:
+        key = registered_type(module)
+        if key is None or key not in RULES:
             continue  # activations and max pooling: their Lipschitz constants live in lipaudit.lipschitz
-        rows.append(layer_norm(node.module, node.input_shape, name=node.name, output_shape=node.output_shape,
-                               dtype=dtype, tol=tol))
+        rows.append(layer_norm(module, in_shape, name=name, output_shape=out_shape, dtype=dtype, tol=tol))
     return rows
+
+
+def _leaf_layers(model: nn.Module, input_shape: Sequence[int]
+                 ) -> list[tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]]]:
+    """(path, module, input shape, output shape) of every call of a module with a norm rule, in call order, from
+    forward hooks (removed whatever happens)."""
+    calls: list[tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]]] = []
+    handles = []
+    try:
+        for path, m in model.named_modules():
+            key = registered_type(m)
+            if key is None or key not in RULES:
+                continue
+
+            def hook(mod: nn.Module, inp: Any, out: Any, path: str = path) -> None:
+                if inp and isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                    calls.append((path or type(mod).__name__, mod, tuple(inp[0].shape[1:]), tuple(out.shape[1:])))
+            handles.append(m.register_forward_hook(hook))
+        ref = next(iter(model.parameters()), None)
+        x = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))
+        if ref is not None:
+            x = x.to(ref)
+        with torch.no_grad(), eval_mode(model):
+            model(x)
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        raise ShapeError(f"The model rejects input shape {list(input_shape)!r}: {first_line(err)[:200]}") from err
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
 
 

@@ -165,6 +165,7 @@ RULES: Mapping[type[nn.Module], Rule] = MappingProxyType({
     nn.Flatten: _IDENTITY_RULE,
     nn.Identity: _IDENTITY_RULE,
     nn.Dropout: _IDENTITY_RULE,
+    nn.Dropout2d: _IDENTITY_RULE,
 })
 
 #: The linear layer types lipaudit has exact norm rules for (the registry's keys).
@@ -172,7 +173,7 @@ SUPPORTED_LINEAR: tuple[type[nn.Module], ...] = tuple(RULES)
 
 
 def rule_for(module: nn.Module, name: str = "") -> Rule:
-    """The rule for ``module``'s exact type.
+    """The rule for ``module``'s type: its exact type, or a registered parent whose ``forward`` it keeps.
 
     Raises:
         UnsupportedLayerError: no rule; the message names the module path and lists the supported types.
@@ -181,7 +182,10 @@ def rule_for(module: nn.Module, name: str = "") -> Rule:
         >>> rule_for(nn.Conv2d(1, 1, 3)) is RULES[nn.Conv2d]
         True
     """
-    rule = RULES.get(type(module))
+    from lipaudit.ops import registered_type
+
+    key = registered_type(module)
+    rule = RULES.get(key) if key is not None else None
     if rule is None:
         supported = ", ".join(t.__name__ for t in SUPPORTED_LINEAR)
         raise UnsupportedLayerError(
