@@ -142,7 +142,7 @@ def _affine_factor(n: fx.Node, x: fx.Node, values: dict[fx.Node, Any]) -> float 
     consts = [values[a] if isinstance(a, fx.Node) else a for a in others]
     if len(consts) != 1 or not isinstance(consts[0], (int, float, torch.Tensor)) or isinstance(consts[0], bool):
         return None
-    c = torch.as_tensor(consts[0], dtype=torch.float64).abs()
+    c = torch.as_tensor(consts[0]).detach().to(torch.float64).abs()
     if not bool(torch.isfinite(c).all()) or c.numel() == 0:
         return None
     if kind == _INVERSE:
