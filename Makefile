@@ -10,6 +10,9 @@ TORCH  ?= torch==2.13.0
 # auto_LiRPA's only PyPI release declares torch<1.13, so it goes in without its declared deps
 # (lipaudit supplies its real run-time needs and patches it at run time: lipaudit/certify/_compat.py).
 LIRPA  ?= auto-lirpa==0.3
+# ONNX models go through onnx2torch, which imports torchvision: the release matching TORCH, without its deps (its
+# PyPI wheel would otherwise pull another torch); lipaudit uses it for imports only (lipaudit/onnx_model.py).
+TORCHVISION ?= torchvision==0.28.0
 PYTEST_ARGS ?= -n 2
 
 .PHONY: setup demo demo-quick test test-slow test-all lint bench clean
@@ -20,8 +23,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev]" scikit-learn
-	$(PIP) install -q --no-deps "$(LIRPA)" mlxtend==0.25.0
+	$(PIP) install -q -e ".[dev,onnx]" scikit-learn
+	$(PIP) install -q --no-deps "$(LIRPA)" mlxtend==0.25.0 onnx2torch==1.5.15 "$(TORCHVISION)"
 	touch $@
 
 demo: setup

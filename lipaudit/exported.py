@@ -9,10 +9,12 @@ any batch size. TorchScript modules are first converted to an exported program w
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import operator
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -240,12 +242,26 @@ def _inputs_outside(node: fx.Node, path: str) -> list[fx.Node]:
     return found
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """Silence torch's export loggers (dimension specialisation notes) for the duration, then restore them."""
+    loggers = [logging.getLogger(name) for name in ("torch._export", "torch.export", "torch.fx.experimental")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def from_torchscript(model: torch.jit.ScriptModule, example: torch.Tensor) -> fx.GraphModule:
     """Convert a TorchScript module through torch's TorchScript → torch.export converter, then :func:`from_aten`."""
     try:
         from torch._export.converter import TS2EPConverter
 
-        with warnings.catch_warnings():  # the experimental converter warns about its own internals
+        with warnings.catch_warnings(), _quiet_torch_logs():  # the experimental converter reports its internals
             warnings.simplefilter("ignore")
             program = TS2EPConverter(model, (example,)).convert()
     except (ImportError, RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError, NameError,

@@ -7,6 +7,8 @@ Formats, detected from the file's content (not its name):
 * ``safetensors``: a safetensors file of the state_dict; needs ``arch``.
 * ``torchscript``: a ``torch.jit.save`` archive.
 * ``export``: a ``torch.export.save`` program (``.pt2``); the module is ``ExportedProgram.module()``.
+* ``onnx``: an ONNX file (``.onnx``), converted by onnx2torch and checked against onnxruntime
+  (:mod:`lipaudit.onnx_model`).
 * ``pickle``: a fully pickled ``nn.Module``, which runs code when loaded: refused unless ``unsafe_pickle=True``.
 
 ``arch`` is ``module:factory[:kwargs-json]`` (any importable callable, e.g. ``lipaudit.zoo:small_cnn``) or
@@ -55,7 +57,8 @@ class LoadedModel:
         module: the model in eval mode, with :class:`~lipaudit.modules.Normalize` prepended when mean/std are given.
         path: the file it was read from (``"<memory>"`` for :func:`wrap_module`).
         sha256: hex digest of the file (empty for in-memory modules).
-        format: ``"state_dict"``, ``"safetensors"``, ``"torchscript"``, ``"export"``, ``"pickle"`` or ``"module"``.
+        format: ``"state_dict"``, ``"safetensors"``, ``"torchscript"``, ``"export"``, ``"onnx"``, ``"pickle"`` or
+            ``"module"``.
         arch: the architecture spec used, if any.
         mean: per-channel normalisation mean applied, if any.
         std: per-channel normalisation std applied, if any.
@@ -155,7 +158,6 @@ def build_arch(spec: str) -> nn.Module:
     return model
 
 
-_ONNX_HINT = "convert it to TorchScript, torch.export or a state_dict with --arch"
 _FORMATS = "a torch.save state_dict, TorchScript, torch.export (.pt2) or safetensors file"
 
 
@@ -191,8 +193,9 @@ def _sniff(path: Path) -> str:
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30):
         return "safetensors"
     if path.suffix.lower() == ".onnx":
-        raise ModelLoadError(f"{str(path)!r} is an ONNX model, which this version of lipaudit does not read; "
-                             f"{_ONNX_HINT}")
+        if not head:
+            raise ModelLoadError(f"ONNX file {str(path)!r} is empty (0 bytes): export or download it again")
+        return "onnx"
     plain = _not_a_model(path, head)
     if plain is not None:
         raise plain
@@ -379,6 +382,11 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, unsafe_
             module, fmt = torch.jit.load(str(p), map_location=dev), "torchscript"
         except RuntimeError as err:
             raise ModelLoadError(f"Corrupt TorchScript archive {str(path)!r}: {err}") from err
+    elif kind == "onnx":
+        from lipaudit.onnx_model import load_onnx
+
+        module, recorded = load_onnx(p, dev)
+        fmt = "onnx"
     elif kind == "export":
         try:
             module, fmt = torch.export.load(str(p)).module(), "export"
