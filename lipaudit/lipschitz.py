@@ -82,11 +82,12 @@ def _linear_types() -> tuple[type[nn.Module], ...]:
     return tuple(SUPPORTED_LINEAR)
 
 
-_Cache = dict[tuple[int, tuple[int, ...], Norm], float]
+_Cache = dict[tuple[Any, ...], float]
 
 
-def _operator_norm(module: nn.Module, input_shape: tuple[int, ...], norm: Norm, cache: _Cache | None = None) -> float:
-    key = (id(module), tuple(input_shape), norm)
+def _operator_norm(module: nn.Module, input_shape: tuple[int, ...], norm: Norm, cache: _Cache | None = None,
+                   key: tuple[Any, ...] | None = None) -> float:
+    key = key or (id(module), tuple(input_shape), norm)
     if cache is not None and key in cache:
         return cache[key]
     value = float(operator_norm(module, input_shape, norm, dtype=torch.float64))  # no float32 round-down
@@ -209,7 +210,8 @@ def layer_factors(graph: Graph, norm: Norm, *, fold: bool = True, cache: _Cache 
         folded = _folded(graph, node) if fold else None
         if folded is not None:
             module, absorbed = folded
-            fold_value = _operator_norm(module, node.input_shape, norm)  # folding keeps the layer's input shape
+            fold_value = _operator_norm(module, node.input_shape, norm, cache,  # same input shape as the layer
+                                        key=("folded", node.name, tuple(a.name for a in absorbed), norm))
             if fold_value <= value * math.prod(_factor(a, norm, cache) for a in absorbed):
                 value, how = fold_value, "folded with " + "+".join(a.name for a in absorbed)
                 for a in absorbed:

@@ -174,3 +174,29 @@ def test_medium_layers_fft_lanczos_bracket_contains_dense_svd(cin: int, cout: in
     sigma = _sigma(ConvCase(conv, (cin, size, size)))
     assert lower <= sigma * (1 + 1e-9) <= upper * (1 + 1e-9)
     assert lower == pytest.approx(sigma, rel=1e-6)  # Lanczos converges; the width is the upper bound's
+
+
+@given(cin=st.integers(1, 6), cout=st.integers(1, 6), groups=st.sampled_from([1, 2, 3]), stride=st.integers(1, 3),
+       padding=st.integers(0, 2), size=st.integers(1, 5), seed=st.integers(0, 1000), transposed=st.booleans())
+def test_pointwise_conv_is_exact(cin: int, cout: int, groups: int, stride: int, padding: int, size: int, seed: int,
+                                 transposed: bool) -> None:
+    """1×1 convolutions (strided, grouped, depthwise, padded, tiny maps, transposed): the exact SVD path, whose
+    bracket contains the dense SVD and is as narrow as float rounding."""
+    cin, cout = cin * groups, cout * groups
+    cls = nn.ConvTranspose2d if transposed else nn.Conv2d
+    if transposed and padding >= 1:
+        padding = 0  # a transposed 1×1 convolution with padding crops outputs; covered by the general path
+    module = fill_weights(cls(cin, cout, 1, stride=stride, padding=padding, groups=groups, bias=False), seed)
+    shape = (cin, size, size)
+    sigma = float(torch.linalg.matrix_norm(dense_matrix(module, shape), ord=2))
+    lower, upper = l2_bracket(module, shape)
+    assert lower <= sigma * (1 + 1e-9) and upper >= sigma * (1 - 1e-12)
+    assert upper <= lower * (1 + 1e-8) + 1e-12
+
+
+def test_pointwise_conv_many_channels_is_fast_and_exact() -> None:
+    """A 512×256 1×1 stride-2 layer of a ResNet: the channel matrix's σ_max (the dense path would be 2e8 entries)."""
+    module = fill_weights(nn.Conv2d(256, 512, 1, stride=2, bias=False), 3)
+    lower, upper = l2_bracket(module, (256, 8, 8))
+    sigma = float(torch.linalg.matrix_norm(module.weight.detach().reshape(512, 256).double(), ord=2))
+    assert lower == pytest.approx(sigma, rel=1e-12) and upper == pytest.approx(sigma, rel=1e-8)

@@ -62,7 +62,8 @@ class SpectralBracket:
         method: which upper bound won: ``"svd"`` (dense matrix), ``"fft"`` (the Fourier blocks of an enclosing
             circular convolution, see :mod:`lipaudit.norms.spectral`), ``"fft-exact"`` (the same, where the layer
             *is* that circular convolution), ``"holder"`` (``√(‖M‖₁‖M‖∞)``), ``"diagonal"``, ``"separable"``,
-            ``"identity"``, ``"padding-product"`` (valid convolution times the norm of the padding map).
+            ``"identity"``, ``"padding-product"`` (valid convolution times the norm of the padding map), ``"svd-1x1"``
+            (a 1×1 convolution: the SVD of its channel matrices, exact).
 
     Example:
         >>> b = SpectralBracket(1.0, 1.001, "fft")

@@ -6,6 +6,7 @@ on the input shape that layer sees; :func:`operator_norm` and :func:`l2_bracket`
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,33 @@ def _shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+#: ℓ2 brackets already computed in this process, keyed by the module's identity, its tensors' storage and version
+#: counters (an in-place update of a weight bumps its version), the input shape and the tolerance; the weak
+#: reference makes sure a hit is the same live module, never a new one at a reused address.
+_SPECTRAL_CACHE: dict[tuple[Any, ...], tuple[weakref.ref[nn.Module], SpectralBracket]] = {}
+_CACHE_LIMIT = 4096
+
+
+def _state(module: nn.Module) -> tuple[Any, ...]:
+    return tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype)
+                 for name, t in (*module.named_parameters(), *module.named_buffers()))
+
+
+def _spectral(rule: Any, module: nn.Module, shape: tuple[int, ...], name: str, exact: Any,
+              tol: float) -> SpectralBracket:
+    """``rule.spectral`` memoised per module state (the ℓ2 bracket is the expensive part of every norm table, and
+    the norm table, the Lipschitz bounds and the report all ask for the same layers)."""
+    key = (id(module), shape, tol, _state(module))
+    hit = _SPECTRAL_CACHE.get(key)
+    if hit is not None and hit[0]() is module:
+        return hit[1]
+    bracket: SpectralBracket = rule.spectral(module, shape, name, exact, tol)
+    if len(_SPECTRAL_CACHE) >= _CACHE_LIMIT:
+        _SPECTRAL_CACHE.clear()
+    _SPECTRAL_CACHE[key] = (weakref.ref(module), bracket)
+    return bracket
+
+
 def operator_norm(module: nn.Module, input_shape: Sequence[int], p: float | str | Norm, *,
                   dtype: torch.dtype | None = None, tol: float = DEFAULT_TOL) -> float:
     """The ℓp operator norm of a linear layer on inputs of ``input_shape`` (no batch dimension).
@@ -116,7 +144,7 @@ def operator_norm(module: nn.Module, input_shape: Sequence[int], p: float | str 
     rule = rule_for(module)
     exact = rule.exact(module, shape, "", dtype)
     if norm is Norm.L2:
-        return rule.spectral(module, shape, "", exact, tol).upper
+        return _spectral(rule, module, shape, "", exact, tol).upper
     return exact[norm].value
 
 
@@ -130,7 +158,7 @@ def l2_bracket(module: nn.Module, input_shape: Sequence[int], *, tol: float = DE
     """
     shape = _shape(input_shape)
     rule = rule_for(module)
-    bracket = rule.spectral(module, shape, "", rule.exact(module, shape, "", None), tol)
+    bracket = _spectral(rule, module, shape, "", rule.exact(module, shape, "", None), tol)
     return bracket.lower, bracket.upper
 
 
@@ -141,7 +169,7 @@ def layer_norm(module: nn.Module, input_shape: Sequence[int], *, name: str = "",
     shape = _shape(input_shape)
     rule = rule_for(module, name)
     exact = rule.exact(module, shape, name, dtype)
-    bracket = rule.spectral(module, shape, name, exact, tol)
+    bracket = _spectral(rule, module, shape, name, exact, tol)
     if output_shape is None:
         ref = next(iter(module.parameters()), None)
         with torch.no_grad():

@@ -45,6 +45,7 @@ __all__ = [
     "gram_upper",
     "lanczos_lower",
     "padding_norm",
+    "pointwise_conv_bracket",
     "power_lower",
     "spectral_bracket",
 ]
@@ -299,6 +300,33 @@ def spectral_bracket(
     return SpectralBracket(min(lower, upper), max(upper, lower), method)
 
 
+def pointwise_conv_bracket(weight: torch.Tensor, geom: ConvGeometry, groups: int = 1) -> SpectralBracket | None:
+    """The exact ℓ2 norm of a 1×1 convolution (any stride, zero padding): ``max_g σ_max(W_g)``; None otherwise.
+
+    Each kept output position reads one input pixel, a different one for each position, so the operator is a
+    selection of pixels (norm 1 when at least one real pixel is read) tensored with the channel matrix of each
+    group; padded positions give zero rows. The SVD of the small matrices gives the value; the lower end is
+    ``‖W v‖/‖v‖`` for the top right singular vector, the upper end the value inflated by the float slack.
+
+    Example:
+        >>> geom = conv_geometry((1, 1), (5, 5), stride=2, padding=1)
+        >>> b = pointwise_conv_bracket(torch.tensor([[[[3.0]], [[4.0]]]], dtype=torch.float64), geom)
+        >>> round(b.lower, 9), b.method
+        (5.0, 'svd-1x1')
+    """
+    if any(a.k != 1 for a in geom.axes) or geom.mode != "zeros":
+        return None
+    for a in geom.axes:  # output j reads input j·s − left: at least one must be a real pixel
+        if not any(0 <= j * a.s - a.left < a.n for j in range(a.out)):
+            return SpectralBracket(0.0, 0.0, "svd-1x1")
+    mats = weight.detach().to(torch.float64).reshape(groups, weight.shape[0] // groups, weight.shape[1])
+    _, svals, vh = torch.linalg.svd(mats, full_matrices=False)
+    g = int(svals[:, 0].argmax())
+    v = vh[g, 0]
+    lower = float(torch.linalg.vector_norm(mats[g] @ v) / torch.linalg.vector_norm(v))
+    return SpectralBracket(lower, safe_upper(max(float(svals[:, 0].max()), lower)), "svd-1x1")
+
+
 def conv_spectral_bracket(
     weight: torch.Tensor,
     geom: ConvGeometry,
@@ -315,6 +343,9 @@ def conv_spectral_bracket(
     cin = w.shape[1] * groups
     in_shape = (cin, *geom.input_size)
     out_numel = w.shape[0] * math.prod(geom.output_size)
+    pointwise = pointwise_conv_bracket(w, geom, groups)
+    if pointwise is not None:
+        return pointwise
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         return conv_forward(x, w, geom, groups)
