@@ -11,6 +11,7 @@ the same ε (a *soundness violation*); per sample, Lipschitz radius ≤ certifie
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import platform
 import time
@@ -45,7 +46,11 @@ class AuditConfig:
         radius_method: the method used for per-sample certified radii by bisection (``None``: no radii).
         radius_tol: relative tolerance of the radius bisection.
         attack_radius: whether to run the minimal-norm attack for per-sample attack radii.
-        attack_steps: iterations of each APGD attack of the ensemble (AutoAttack's standard: 100).
+        attack_steps: iterations of each APGD attack of the ensemble (AutoAttack's standard: 100); ``None``: 100,
+            or fewer (and fewer APGD-T targets) when the measured cost would exceed ``attack_budget_s``.
+        attack_targets: target classes of APGD-T when ``attack_steps`` is given.
+        attack_budget_s: the time the attack ensemble may take when ``attack_steps`` is ``None``; the minimal-norm
+            radius attack is skipped (and said so) when it alone would exceed it.
         seed: seed of every random choice (attack restarts, sampling).
         memory_budget_gb: memory budget for certification.
         time_budget_s: per-sample time budget for certification.
@@ -58,7 +63,9 @@ class AuditConfig:
     radius_method: Method | None = Method.CROWN
     radius_tol: float = 0.02
     attack_radius: bool = True
-    attack_steps: int = 100
+    attack_steps: int | None = 100
+    attack_targets: int = 9
+    attack_budget_s: float = 120.0
     seed: int = 0
     memory_budget_gb: float = 8.0
     time_budget_s: float = 60.0
@@ -70,8 +77,10 @@ class AuditConfig:
         for e in self.eps:
             if not (math.isfinite(e) and 0.0 < e <= 1.0):
                 raise UsageError(f"Expected every ε in (0, 1] but got {e!r}")
-        if self.attack_steps < 2:
+        if self.attack_steps is not None and self.attack_steps < 2:
             raise UsageError(f"Expected at least 2 attack steps but got {self.attack_steps!r}")
+        if not (math.isfinite(self.attack_budget_s) and self.attack_budget_s > 0):
+            raise UsageError(f"Expected a positive attack budget but got {self.attack_budget_s!r}")
 
 
 def default_methods(model: nn.Module, input_shape: Sequence[int]) -> tuple[tuple[Method, ...], Method | None]:
@@ -172,6 +181,78 @@ def attack_budget(attacks: Sequence[Any]) -> list[dict[str, Any]]:
                 entry[key] = int(getattr(a, key))
         out.append(entry)
     return out
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """The attack budget an audit runs with, and why.
+
+    Attributes:
+        steps: APGD iterations per attack.
+        n_targets: target classes of APGD-T.
+        radius: whether the minimal-norm radius attack runs.
+        pass_s: measured seconds of one forward+backward pass per sample (``None`` when not measured).
+        projected_s: projected seconds of the ensemble at the standard budget (100 steps, 9 targets).
+        reduced: whether steps or targets were lowered to fit the budget.
+    """
+
+    steps: int
+    n_targets: int
+    radius: bool
+    pass_s: float | None = None
+    projected_s: float | None = None
+    reduced: bool = False
+
+
+#: Standard budget (AutoAttack): 100 APGD steps, 9 APGD-T targets; passes of the radius attack per sample.
+STANDARD_STEPS, STANDARD_TARGETS, RADIUS_PASSES = 100, 9, 730
+
+
+def ensemble_passes(n: int, n_eps: int, steps: int, n_targets: int) -> int:
+    """Forward+backward passes (sample-passes) of the ensemble at most: APGD-CE, APGD-DLR and APGD-T per ε, plus
+    the large-ε check.
+
+    Example:
+        >>> ensemble_passes(8, 3, 100, 9)
+        27200
+    """
+    return n * (n_eps * steps * (2 + n_targets) + steps)
+
+
+def plan_attacks(pass_s: float, n: int, n_eps: int, budget_s: float, radius: bool) -> AttackPlan:
+    """The largest budget within ``budget_s``: 100 steps and 9 targets if they fit, else fewer steps (down to 10),
+    then fewer targets (3, then 1); the radius attack only if it fits the budget on its own.
+
+    Example:
+        >>> plan_attacks(1e-4, 100, 3, 120.0, True).steps
+        100
+        >>> p = plan_attacks(0.05, 8, 3, 120.0, True)
+        >>> (p.steps, p.n_targets, p.radius, p.reduced)
+        (18, 3, False, True)
+    """
+    projected = ensemble_passes(n, n_eps, STANDARD_STEPS, STANDARD_TARGETS) * pass_s
+    fits_radius = radius and n * RADIUS_PASSES * pass_s <= budget_s
+    if projected <= budget_s:
+        return AttackPlan(STANDARD_STEPS, STANDARD_TARGETS, fits_radius, pass_s, projected, not fits_radius and radius)
+    for targets in (STANDARD_TARGETS, 3, 1):
+        per_step = ensemble_passes(n, n_eps, 1, targets) * pass_s
+        steps = int(budget_s // per_step) if per_step > 0 else STANDARD_STEPS
+        if steps >= 10 or targets == 1:
+            return AttackPlan(max(10, min(STANDARD_STEPS, steps)), targets, fits_radius, pass_s, projected, True)
+    raise AssertionError("unreachable")  # the loop returns at targets == 1
+
+
+def measure_pass(model: nn.Module, x: Tensor, y: Tensor, repeats: int = 3) -> float:
+    """Median seconds of one forward+backward pass per sample, on up to 8 of the audit's samples."""
+    batch = x[: min(8, x.shape[0])].detach().clone()
+    times = []
+    for _ in range(repeats):
+        z = batch.clone().requires_grad_(True)
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(z), y[: batch.shape[0]])
+        torch.autograd.grad(loss, z)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] / batch.shape[0]
 
 
 class _Stages:
@@ -318,7 +399,8 @@ def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st
     from lipaudit.attacks.ensemble import default_attacks
 
     with stages.stage("attacks"):
-        attacks = default_attacks(config.norm, steps=config.attack_steps, seed=config.seed)
+        plan = _attack_plan(model, x, y, config)
+        attacks = default_attacks(config.norm, steps=plan.steps, n_targets=plan.n_targets, seed=config.seed)
         report = evaluate_attacks(model, x, y, config.norm, list(config.eps), attacks=attacks, seed=config.seed,
                                   progress=progress)
         for res in report.results:
@@ -338,11 +420,29 @@ def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st
                                      "backward_samples": sum(a.backward_samples for a in spent)},
                           **summary}
         st.examples = _examples(model, x, y, report.results, config.max_examples)
+        st.attack_info["plan"] = dataclasses.asdict(plan)
+        if plan.reduced:
+            st.flags.append(FlagRecord(
+                code="attack-budget-reduced", severity="info", stage="attacks",
+                message=f"Attacks ran with {plan.steps} APGD steps and {plan.n_targets} APGD-T targets"
+                        f"{'' if plan.radius or not config.attack_radius else ', without the minimal-norm radius'}"
+                        f" to fit the {config.attack_budget_s:g} s attack budget (the standard 100 steps and 9 targets "
+                        f"were projected at {plan.projected_s:.0f} s): weaker attacks, higher empirical accuracy; "
+                        "raise --attack-budget or pass --attack-steps 100 for the standard budget"))
+    if config.attack_radius and not st.attack_info.get("plan", {}).get("radius", True):
+        return
     if config.attack_radius:
         with stages.stage("attack radius"):
             radius = minimal_adversarial_radius(model, x, y, config.norm, seed=config.seed, progress=progress)
             st.radius_attack = torch.tensor(radius.radius, dtype=torch.float64)
             st.attack_info["radius"] = {k: v for k, v in radius.to_dict().items() if k not in ("radius", "source")}
+
+
+def _attack_plan(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig) -> AttackPlan:
+    if config.attack_steps is not None:  # the user's budget, as given
+        return AttackPlan(config.attack_steps, config.attack_targets, config.attack_radius)
+    pass_s = measure_pass(model, x, y)
+    return plan_attacks(pass_s, int(x.shape[0]), len(config.eps), config.attack_budget_s, config.attack_radius)
 
 
 def _examples(model: nn.Module, x: Tensor, y: Tensor, results: Sequence[Any], limit: int) -> list[dict[str, Any]]:

@@ -209,6 +209,7 @@ CASES = [
     Case("eps zero", lambda f, g: [str(g), "--eps", "0"], 2, "(0, 1]"),
     Case("unknown norm", lambda f, g: [str(g), "--norm", "3"], 2, "norm among"),
     Case("bad thread count", lambda f, g: ["--threads", "0", str(g)], 2, "--threads"),
+    Case("bad attack steps", lambda f, g: [str(g), "--attack-steps", "1"], 2, "--attack-steps"),
 ]
 
 

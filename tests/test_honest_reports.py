@@ -209,3 +209,25 @@ def test_threads_option_sets_torch(monkeypatch: pytest.MonkeyPatch) -> None:
         assert configure_threads("auto") == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_attack_budget_follows_measured_cost_and_says_so(digits_model: Path, tmp_path: Path,  # noqa: F811
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --attack-steps auto, a model whose passes are (made) slow gets fewer steps and targets, an info flag
+    naming what was left out, and a Reproduce line with the budget that ran."""
+    import lipaudit.audit
+
+    monkeypatch.setattr(lipaudit.audit, "measure_pass", lambda *a, **k: 0.05)
+    html = tmp_path / "r.html"
+    res = run(["check", str(digits_model), "--data", "digits", "--n", "8", "--eps", "0.02,0.05,0.1", "--methods", "ibp",
+               "-o", str(html), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    plan = data["attacks"]["plan"]
+    assert (plan["steps"], plan["n_targets"], plan["radius"], plan["reduced"]) == (18, 3, False, True)
+    assert {b["name"]: b["steps"] for b in data["attacks"]["budget"]} == {"apgd-ce": 18, "apgd-dlr": 18, "apgd-t": 18}
+    assert any(f["code"] == "attack-budget-reduced" for f in data["flags"])
+    assert "--attack-steps 18 --attack-targets 3" in data["command"]
+    assert all(s["radius_attack"] is None or s["label"] != s["prediction"] for s in data["samples"])
+    assert "without the minimal-norm radius" in html.read_text()
+    assert problems(data, html.read_text()) == []

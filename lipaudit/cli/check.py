@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -100,8 +101,13 @@ def _fraction(value: float | None, name: str) -> float | None:
               help="Certification methods: auto, none, or a list of ibp,crown-ibp,crown,alpha-crown.")
 @click.option("--radius/--no-radius", "radius", default=True, show_default=True,
               help="Per-sample certified and attack radii (bisection / minimal-norm attack).")
-@click.option("--attack-steps", default=100, show_default=True, type=click.IntRange(min=2),
-              help="Iterations of each APGD attack (AutoAttack's standard is 100; fewer is faster and weaker).")
+@click.option("--attack-steps", default="auto", show_default=True, metavar="N|auto",
+              help="Iterations of each APGD attack. auto: AutoAttack's standard 100 steps and 9 APGD-T targets, or "
+                   "fewer when their measured cost would exceed --attack-budget (the report says so).")
+@click.option("--attack-targets", default=9, show_default=True, type=click.IntRange(min=1),
+              help="Target classes of APGD-T with an explicit --attack-steps.")
+@click.option("--attack-budget", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds the attack ensemble may take with --attack-steps auto.")
 @click.option("--memory-budget", default=8.0, show_default=True, type=float, help="GB for certification.")
 @click.option("--time-budget", default=60.0, show_default=True, type=float, help="Seconds per sample to certify.")
 @click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
@@ -115,7 +121,9 @@ def _fraction(value: float | None, name: str) -> float | None:
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [default: when a terminal].")
 def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None, device: str,
           data: str, split: str, n: int, seed: int, norm_text: str, eps_text: str | None, methods: str,
-          radius: bool, attack_steps: int, memory_budget: float, time_budget: float, output: str | None,
+          radius: bool, attack_steps: str, attack_targets: int, attack_budget: float, memory_budget: float,
+          time_budget: float,
+          output: str | None,
           json_path: str | None, fail_under_certified: float | None, fail_under_robust: float | None,
           progress: bool | None) -> None:
     """Audit MODEL: layer norms, Lipschitz bounds, certification, attacks and their cross-checks.
@@ -128,6 +136,7 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, s
 
     norm = Norm.parse(norm_text)
     eps = parse_eps_list(eps_text if eps_text is not None else DEFAULT_EPS[norm])
+    steps = parse_attack_steps(attack_steps)
     _fraction(fail_under_certified, "--fail-under-certified")
     _fraction(fail_under_robust, "--fail-under-robust")
     if memory_budget <= 0 or time_budget <= 0:
@@ -143,10 +152,15 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, s
     result = audit_model(model, arch=arch, unsafe_pickle=unsafe_pickle, mean=mean, std=std, device=device,
                          data=data, split=split, n=n, seed=seed, norm=norm, eps=eps, methods=methods, radius=radius,
                          memory_budget=memory_budget, time_budget=time_budget, progress=progress,
-                         attack_steps=attack_steps,
+                         attack_steps=steps, attack_targets=attack_targets, attack_budget=attack_budget,
                          command=_command(model, arch, unsafe_pickle, mean, std, device, data, split, n, seed, norm,
-                                          eps, methods, radius, attack_steps, html_path, json_file))
+                                          eps, methods, radius, steps, attack_targets, html_path, json_file))
     require_measured(result)
+    plan = (result.attacks or {}).get("plan") or {}
+    if steps is None and plan.get("steps"):  # the Reproduce line names the budget that ran, not "auto"
+        result = dataclasses.replace(result, command=result.command.replace(
+            f"--attack-steps auto --attack-targets {attack_targets}",
+            f"--attack-steps {plan['steps']} --attack-targets {plan['n_targets']}"))
     write_outputs(result, html_path, json_file)
     code = exit_code_for(result, fail_under_certified, fail_under_robust)
     if code:
@@ -155,16 +169,36 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, s
 
 def _command(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None, device: str,
              data: str, split: str, n: int, seed: int, norm: Norm, eps: tuple[float, ...], methods: str,
-             radius: bool, attack_steps: int, html_path: Path, json_file: Path) -> str:
+             radius: bool, attack_steps: int | None, attack_targets: int, html_path: Path, json_file: Path) -> str:
     """The exact command line that reproduces this audit, every default made explicit."""
     args = ["lipaudit", "check", model]
     args += ["--arch", arch] if arch else []
     args += ["--unsafe-pickle"] if unsafe_pickle else []
     args += ["--mean", mean, "--std", std] if mean and std else []
     args += ["--device", device, "--data", data, "--split", split, "--n", str(n), "--seed", str(seed),
-             "--norm", str(norm), "--eps", eps_arg(eps), "--methods", methods, "--attack-steps", str(attack_steps),
+             "--norm", str(norm), "--eps", eps_arg(eps), "--methods", methods,
+             "--attack-steps", "auto" if attack_steps is None else str(attack_steps),
+             "--attack-targets", str(attack_targets),
              "--radius" if radius else "--no-radius", "-o", str(html_path), "--json", str(json_file)]
     return shlex.join(args)
+
+
+def parse_attack_steps(text: str) -> int | None:
+    """``--attack-steps``: ``auto`` (None) or an integer ≥ 2.
+
+    Example:
+        >>> parse_attack_steps("auto"), parse_attack_steps("50")
+        (None, 50)
+    """
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 2:
+        raise UsageError(f"Expected --attack-steps auto or an integer ≥ 2 but got {text!r}")
+    return steps
 
 
 def eps_arg(eps: tuple[float, ...]) -> str:
@@ -215,7 +249,8 @@ def write_outputs(result: Any, html_path: Path, json_file: Path) -> None:
 def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None,
                 device: str, data: str, split: str, n: int, seed: int, norm: Norm, eps: tuple[float, ...],
                 methods: str, radius: bool, memory_budget: float, time_budget: float, progress: bool | None,
-                command: str, attack_steps: int = 100) -> Any:
+                command: str, attack_steps: int | None = 100, attack_targets: int = 9,
+                attack_budget: float = 120.0) -> Any:
     """Load the model and data, then run the audit (shared by ``check`` and ``demo``)."""
     import torch
 
@@ -246,8 +281,9 @@ def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str 
         raise ShapeError(f"The data has label {int(y.max())} but the model outputs only {num_classes} classes")
     chosen, radius_method = _methods(methods, loaded.module, input_shape)
     config = AuditConfig(norm=norm, eps=eps, methods=chosen, radius_method=radius_method if radius else None,
-                         attack_radius=radius, attack_steps=attack_steps, seed=seed, memory_budget_gb=memory_budget,
-                         time_budget_s=time_budget)
+                         attack_radius=radius, attack_steps=attack_steps, attack_targets=attack_targets,
+                         attack_budget_s=attack_budget, seed=seed,
+                         memory_budget_gb=memory_budget, time_budget_s=time_budget)
     bars = tqdm_progress(progress)
     try:
         return run_audit(loaded.module, x, y, config, model_info=model_info(loaded, input_shape, num_classes),
