@@ -254,3 +254,83 @@ def test_bound_is_above_every_sampled_jacobian_norm(ops: list[tuple[str, int]], 
         x = torch.randn(6, generator=gen, dtype=torch.float64) * 3
         assert _jacobian_norm(model, x, norm) <= bound * (1 + 1e-7) + 1e-12
     assert math.isfinite(bound)
+
+
+class _LN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.ln, self.out = nn.Linear(16, 8), nn.LayerNorm(8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.ln(self.fc(x.flatten(1))))
+
+
+class _GN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.gn, self.out = nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.gn(self.conv(x))).flatten(1))
+
+
+class _SE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.gate, self.out = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.out((h * torch.sigmoid(self.gate(F.adaptive_avg_pool2d(h, 1)))).flatten(1))
+
+
+class _Sin(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(16, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.sin(self.fc(x.flatten(1))))
+
+
+class _CatSiLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 2, 3, padding=1), nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.silu(torch.cat([self.a(x), self.b(x)], dim=1)).flatten(1))
+
+
+@pytest.mark.parametrize(("model_cls", "status", "layers"), [
+    (_LN, "unbounded", ["fc", "out"]),
+    (_GN, "unbounded", ["conv", "out"]),
+    (_SE, "unbounded", ["conv", "gate", "out"]),
+    (_Sin, "unavailable", ["fc", "out"]),
+    (_CatSiLU, "bounded", ["a", "b", "out"]),
+])
+def test_audit_runs_every_stage_it_can(model_cls: type[nn.Module], status: str, layers: list[str]) -> None:
+    """An op without a global bound or without a rule stops no stage: the audit is complete, the attacks ran, the
+    norm table lists the linear layers, and the Lipschitz status names the node."""
+    from lipaudit.audit import AuditConfig, run_audit
+    from lipaudit.types import Method
+
+    torch.manual_seed(0)
+    model = model_cls().eval()
+    x = torch.rand(6, 1, 4, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    config = AuditConfig(norm=Norm.LINF, eps=(0.01,), methods=(Method.IBP, Method.CROWN), radius_method=None,
+                         attack_radius=False, attack_steps=5)
+    result = run_audit(model, x, y, config, model_info={}, data_info={})
+    assert result.status == "complete", result.failures
+    assert [layer["name"] for layer in result.layers] == layers
+    assert result.lipschitz["status"] == status
+    assert result.accuracy[0].worst_case is not None
+    if status == "bounded":
+        assert "Lipschitz" in result.accuracy[0].certified
+    else:
+        assert result.lipschitz["node"] and "Lipschitz" not in result.accuracy[0].certified
+        assert any(f.code == f"lipschitz-{status}" for f in result.flags)
+    outcomes = result.certification["outcomes"]
+    assert {o["method"] for o in outcomes} == {"IBP", "CROWN"}  # certification tried; errors are recorded in them
