@@ -6,38 +6,45 @@ brackets, whole-network Lipschitz bounds, certified robustness with auto_LiRPA a
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from lipaudit.data import Dataset, load_data
-from lipaudit.errors import (
-    DataError,
-    LipauditError,
-    MissingDependencyError,
-    ModelLoadError,
-    ShapeError,
-    SoundnessViolation,
-    UnsafePickleError,
-    UnsupportedLayerError,
-    UsageError,
-)
-from lipaudit.graph import Graph, Node, trace
-from lipaudit.lipschitz import (
-    LipschitzReport,
-    empirical_lipschitz,
-    lipschitz_radius,
-    lipschitz_report,
-    margin_lipschitz,
-    network_lipschitz,
-)
-from lipaudit.load import LoadedModel, load_model, parse_input_shape
-from lipaudit.modules import Normalize
-from lipaudit.norms import SUPPORTED_LINEAR, LayerNorm, l2_bracket, layer_norms, operator_norm
-from lipaudit.types import Method, Norm
+# Public names → the module defining them. They are imported on first use (PEP 562), so that `import lipaudit`
+# and `lipaudit --help` / `--version` do not import torch.
+_EXPORTS: dict[str, str] = {
+    "Dataset": "lipaudit.data", "load_data": "lipaudit.data",
+    "DataError": "lipaudit.errors", "LipauditError": "lipaudit.errors", "MissingDependencyError": "lipaudit.errors",
+    "ModelLoadError": "lipaudit.errors", "ShapeError": "lipaudit.errors", "SoundnessViolation": "lipaudit.errors",
+    "UnsafePickleError": "lipaudit.errors", "UnsupportedLayerError": "lipaudit.errors",
+    "UsageError": "lipaudit.errors",
+    "Graph": "lipaudit.graph", "Node": "lipaudit.graph", "trace": "lipaudit.graph",
+    "LipschitzReport": "lipaudit.lipschitz", "empirical_lipschitz": "lipaudit.lipschitz",
+    "lipschitz_radius": "lipaudit.lipschitz", "lipschitz_report": "lipaudit.lipschitz",
+    "margin_lipschitz": "lipaudit.lipschitz", "network_lipschitz": "lipaudit.lipschitz",
+    "LoadedModel": "lipaudit.load", "load_model": "lipaudit.load", "parse_input_shape": "lipaudit.load",
+    "Normalize": "lipaudit.modules",
+    "LayerNorm": "lipaudit.norms", "SUPPORTED_LINEAR": "lipaudit.norms", "l2_bracket": "lipaudit.norms",
+    "layer_norms": "lipaudit.norms", "operator_norm": "lipaudit.norms",
+    "Method": "lipaudit.types", "Norm": "lipaudit.types",
+    "APGD": "lipaudit.attacks", "Attack": "lipaudit.attacks", "AttackReport": "lipaudit.attacks",
+    "FGSM": "lipaudit.attacks", "FMN": "lipaudit.attacks", "Flag": "lipaudit.attacks", "PGD": "lipaudit.attacks",
+    "RadiusReport": "lipaudit.attacks", "evaluate_attacks": "lipaudit.attacks",
+    "minimal_adversarial_radius": "lipaudit.attacks",
+}
 
 __all__ = [
+    "APGD",
+    "FGSM",
+    "FMN",
+    "PGD",
     "SUPPORTED_LINEAR",
+    "Attack",
+    "AttackReport",
     "DataError",
     "Dataset",
+    "Flag",
     "Graph",
     "LayerNorm",
     "LipauditError",
@@ -49,6 +56,7 @@ __all__ = [
     "Node",
     "Norm",
     "Normalize",
+    "RadiusReport",
     "ShapeError",
     "SoundnessViolation",
     "UnsafePickleError",
@@ -56,6 +64,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "empirical_lipschitz",
+    "evaluate_attacks",
     "l2_bracket",
     "layer_norms",
     "lipschitz_radius",
@@ -63,35 +72,62 @@ __all__ = [
     "load_data",
     "load_model",
     "margin_lipschitz",
+    "minimal_adversarial_radius",
     "network_lipschitz",
     "operator_norm",
     "parse_input_shape",
     "trace",
 ]
 
-# Empirical attacks: upper bounds on robust accuracy and on robustness radii.
-from lipaudit.attacks import (
-    APGD,
-    FGSM,
-    FMN,
-    PGD,
-    Attack,
-    AttackReport,
-    Flag,
-    RadiusReport,
-    evaluate_attacks,
-    minimal_adversarial_radius,
-)
 
-__all__ += [
-    "APGD",
-    "FGSM",
-    "FMN",
-    "PGD",
-    "Attack",
-    "AttackReport",
-    "Flag",
-    "RadiusReport",
-    "evaluate_attacks",
-    "minimal_adversarial_radius",
-]
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lipaudit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # the static view of the same names
+    from lipaudit.attacks import (
+        APGD,
+        FGSM,
+        FMN,
+        PGD,
+        Attack,
+        AttackReport,
+        Flag,
+        RadiusReport,
+        evaluate_attacks,
+        minimal_adversarial_radius,
+    )
+    from lipaudit.data import Dataset, load_data
+    from lipaudit.errors import (
+        DataError,
+        LipauditError,
+        MissingDependencyError,
+        ModelLoadError,
+        ShapeError,
+        SoundnessViolation,
+        UnsafePickleError,
+        UnsupportedLayerError,
+        UsageError,
+    )
+    from lipaudit.graph import Graph, Node, trace
+    from lipaudit.lipschitz import (
+        LipschitzReport,
+        empirical_lipschitz,
+        lipschitz_radius,
+        lipschitz_report,
+        margin_lipschitz,
+        network_lipschitz,
+    )
+    from lipaudit.load import LoadedModel, load_model, parse_input_shape
+    from lipaudit.modules import Normalize
+    from lipaudit.norms import SUPPORTED_LINEAR, LayerNorm, l2_bracket, layer_norms, operator_norm
+    from lipaudit.types import Method, Norm
