@@ -80,7 +80,7 @@ def _stage_text(result: Any) -> dict[str, str]:
     if used:
         certification = ", ".join(sorted(set(used)))
     elif cert_fail or errors:
-        certification = f"none: {(cert_fail or errors)[0][:90]}"
+        certification = f"none: {(cert_fail or errors)[0][:140]}"
     else:
         certification = "none chosen"
     attacks = "failed" if "attacks" in failures else ", ".join(result.attacks.get("names", [])) or "—"

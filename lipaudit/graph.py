@@ -298,8 +298,10 @@ def _trace_fx(model: nn.Module, shape: tuple[int, ...]) -> Graph:
             continue
         if not depends(n):
             continue  # a constant (parameter, buffer, a function of constants): read where it is used
-        dynamic.add(n)
         dyn = dyn_inputs(n)
+        if not dyn and isinstance(val, torch.Tensor):
+            continue  # built from constants and the batch size alone (an expanded class token): a constant too
+        dynamic.add(n)
         if not isinstance(val, torch.Tensor):
             if isinstance(val, (tuple, list)) and n.target in _SPLIT_TARGETS and len(dyn) == 1 and dyn[0] in names:
                 aliases[n] = names[dyn[0]]  # getitem on it is a slice of that node
