@@ -28,47 +28,7 @@ class _InForwardNorm(nn.Module):
         self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1))
 
 
-# ---- WideResNet-28-10 (Zagoruyko & Komodakis), normalisation in forward, SiLU ----------------------------------
-
-class _WideBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, act: Callable[[], nn.Module]) -> None:
-        super().__init__()
-        self.bn1, self.act1 = nn.BatchNorm2d(cin), act()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2, self.act2 = nn.BatchNorm2d(cout), act()
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None if cin == cout and stride == 1 else nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = self.act1(self.bn1(x))
-        y = self.conv2(self.act2(self.bn2(self.conv1(o))))
-        return y + (x if self.shortcut is None else self.shortcut(o))
-
-
-class WideResNet(_InForwardNorm):
-    def __init__(self, depth: int = 28, width: int = 10, num_classes: int = 10,
-                 act: Callable[[], nn.Module] = nn.SiLU) -> None:
-        super().__init__()
-        n = (depth - 4) // 6
-        widths = [16, 16 * width, 32 * width, 64 * width]
-        self.conv = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        blocks: list[nn.Module] = []
-        for i, stride in enumerate((1, 2, 2)):
-            for j in range(n):
-                blocks.append(_WideBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1],
-                                         stride if j == 0 else 1, act))
-        self.blocks = nn.Sequential(*blocks)
-        self.bn, self.act = nn.BatchNorm2d(widths[3]), act()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[3], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        x = self.act(self.bn(self.blocks(self.conv(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-
-# ---- PreActResNet-18 (He et al. 2016), normalisation in forward, SiLU -------------------------------------------
+# ---- the pre-activation basic block of WideResNet and PreActResNet -----------------------------------------------
 
 class _PreActBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, act: Callable[[], nn.Module]) -> None:
@@ -84,6 +44,33 @@ class _PreActBlock(nn.Module):
         short = x if self.shortcut is None else self.shortcut(o)
         return self.conv2(self.act2(self.bn2(self.conv1(o)))) + short
 
+
+# ---- WideResNet-28-10 (Zagoruyko & Komodakis), normalisation in forward, SiLU ----------------------------------
+
+class WideResNet(_InForwardNorm):
+    def __init__(self, depth: int = 28, width: int = 10, num_classes: int = 10,
+                 act: Callable[[], nn.Module] = nn.SiLU) -> None:
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = [16, 16 * width, 32 * width, 64 * width]
+        self.conv = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        blocks: list[nn.Module] = []
+        for i, stride in enumerate((1, 2, 2)):
+            for j in range(n):
+                blocks.append(_PreActBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1],
+                                         stride if j == 0 else 1, act))
+        self.blocks = nn.Sequential(*blocks)
+        self.bn, self.act = nn.BatchNorm2d(widths[3]), act()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[3], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        x = self.act(self.bn(self.blocks(self.conv(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+# ---- PreActResNet-18 (He et al. 2016), normalisation in forward, SiLU -------------------------------------------
 
 class PreActResNet18(_InForwardNorm):
     def __init__(self, num_classes: int = 10, act: Callable[[], nn.Module] = nn.SiLU) -> None:

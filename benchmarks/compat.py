@@ -97,7 +97,7 @@ def audit_one(build: Callable[[], nn.Module], shape: tuple[int, ...], n: int, st
     with torch.no_grad():
         y = model(x).argmax(1)
     t0 = time.perf_counter()
-    methods, radius = default_methods(model, shape)
+    methods, _ = default_methods(model, shape)
     choose_s = time.perf_counter() - t0
     config = AuditConfig(norm="inf", eps=(EPS,), methods=methods, radius_method=None,  # type: ignore[arg-type]
                          attack_radius=False, attack_steps=steps, time_budget_s=60.0)
