@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lipaudit.errors import MissingDependencyError  # noqa: E402
+from lipaudit.errors import MissingDependencyError
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -21,11 +21,11 @@ except MissingDependencyError as err:
     pytest.skip(str(err), allow_module_level=True)
 pytest.importorskip("onnx2torch")
 
-from lipaudit.errors import ModelLoadError  # noqa: E402
-from lipaudit.load import load_model  # noqa: E402
-from lipaudit.norms import layer_norms  # noqa: E402
-from lipaudit.zoo import small_cnn  # noqa: E402
-from tests.test_cli_check import run  # noqa: E402
+from lipaudit.errors import ModelLoadError
+from lipaudit.load import load_model
+from lipaudit.norms import layer_norms
+from lipaudit.zoo import small_cnn
+from tests.test_cli_check import run
 
 
 def _export(model: torch.nn.Module, path: Path, shape: tuple[int, ...], dynamic: bool = True) -> Path:

@@ -211,7 +211,7 @@ class RandomNet(nn.Module):
         self.ops = ops
         self.layers = nn.ModuleList()
         self.scales: list[float] = []
-        for kind, k in ops:
+        for kind, _ in ops:
             if kind == "linear":
                 lin = nn.Linear(6, 6)
             elif kind == "cat":
