@@ -200,7 +200,7 @@ class PadNet(nn.Module):
         self.fc = nn.Linear(8 * 16 * 16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(F.pad(x, (1, 2, 1, 2)))).flatten(1))
+        return self.fc(torch.relu(self.conv(F.pad(x, (1, 1, 1, 1)))).flatten(1))
 
 
 class StochasticDepthNet(nn.Module):

@@ -161,6 +161,9 @@ def _is_structural(n: fx.Node, dyn: list[fx.Node], values: dict[fx.Node, Any]) -
     if n.target is operator.getitem:  # a slice, or a part of split/chunk
         index = n.args[1] if len(n.args) > 1 else None
         return isinstance(index, (int, slice, tuple)) and not _has_tensor(index)
+    if getattr(n.target, "__name__", "") == "stochastic_depth":  # torchvision's: the identity when not training
+        training = n.kwargs.get("training", n.args[3] if len(n.args) > 3 else True)
+        return training is False
     if n.target is F.pad:
         mode = n.kwargs.get("mode", n.args[2] if len(n.args) > 2 else "constant")
         return mode == "constant"

@@ -334,3 +334,28 @@ def test_audit_runs_every_stage_it_can(model_cls: type[nn.Module], status: str, 
         assert any(f.code == f"lipschitz-{status}" for f in result.flags)
     outcomes = result.certification["outcomes"]
     assert {o["method"] for o in outcomes} == {"IBP", "CROWN"}  # certification tried; errors are recorded in them
+
+
+def test_torchvision_stochastic_depth_is_the_identity_in_eval_mode() -> None:
+    from lipaudit.errors import MissingDependencyError
+    from lipaudit.onnx_model import import_torchvision
+
+    try:
+        tv = import_torchvision()
+    except MissingDependencyError as err:
+        pytest.skip(str(err))
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4, bias=False)
+            self.drop = tv.ops.StochasticDepth(0.5, "row")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.drop(self.fc(x))
+
+    model = Block().eval()
+    graph = trace(model, (4,))
+    assert [n.kind for n in graph.nodes] == ["input", "module", "structural", "add", "output"]
+    expected = 1.0 + float(model.fc.weight.detach().abs().sum(1).max())
+    assert network_lipschitz(model, (4,), "inf") == pytest.approx(expected)

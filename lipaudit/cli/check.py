@@ -239,8 +239,8 @@ def write_outputs(result: Any, html_path: Path, json_file: Path) -> None:
     click.echo(f"lipaudit: {state} written to {html_path} (JSON: {json_file})", err=True)
     for line in summary_lines(result):
         click.echo(line, err=True)
-    for f in result.failures:
-        click.echo(f"lipaudit: stage {f.get('stage')} did not finish: {f.get('message')}", err=True)
+    for stage, message in dict.fromkeys((f.get("stage"), f.get("message")) for f in result.failures):
+        click.echo(f"lipaudit: stage {stage} did not finish: {message}", err=True)
     if result.soundness_violations:
         click.echo(f"lipaudit: SOUNDNESS VIOLATION on {len(result.soundness_violations)} sample(s): a certified "
                    "sample was attacked (see the report)", err=True)

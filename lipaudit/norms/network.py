@@ -204,6 +204,8 @@ def layer_norms(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dt
                  if node.kind == "module" and node.module is not None]
     except UnsupportedLayerError:  # the graph cannot be traced: every linear layer still gets its row
         found = _leaf_layers(model, input_shape)
+        if not found:  # nothing the hooks could see either (a TorchScript archive): the trace's reason stands
+            raise
     rows = []
     for name, module, in_shape, out_shape in found:
         key = registered_type(module)

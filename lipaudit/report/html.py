@@ -171,6 +171,15 @@ def _ordering_note(r: Mapping[str, Any]) -> str:
     return f"The ordering held for all {compared} samples with two or more radii."
 
 
+def _has_gap_pairs(samples: Sequence[Mapping[str, Any]], method: str | None) -> bool:
+    """Whether some sample has an attack radius and a positive lower radius to compare it with."""
+    for s in samples:
+        lower = [s["radius_lipschitz"], (s["radius_certified"] or {}).get(method) if method else None]
+        if s["radius_attack"] and any(v is not None and v > 0 for v in lower):
+            return True
+    return False
+
+
 def _has_radius(samples: Sequence[Mapping[str, Any]], key: str) -> bool:
     return any(s[key] is not None and s["label"] == s["prediction"] for s in samples)
 
@@ -195,12 +204,14 @@ def render_report(result: AuditResult | Mapping[str, Any]) -> str:
     figs = {
         "accuracy": plots.accuracy_curves_svg(r["accuracy"]) if r["accuracy"] else "",
         "sandwich": plots.radius_sandwich_svg(r["samples"], sandwich_method) if has_any_radius else "",
-        "gaps": plots.gap_histogram_svg(r["samples"], sandwich_method) if has_attack_radius else "",
+        "gaps": plots.gap_histogram_svg(r["samples"], sandwich_method) if _has_gap_pairs(r["samples"], sandwich_method)
+        else "",
         "layers": plots.layer_norms_svg(r["layers"]) if r["layers"] else "",
     }
     outcomes = (r.get("certification") or {}).get("outcomes", [])
     cert_status = [{**c, "fallbacks": ", ".join(c.get("fallbacks") or [])} for c in outcomes]
-    partial_reason = "; ".join(f"{f.get('stage')}: {f.get('message')}" for f in r.get("failures") or []) or (
+    reasons = dict.fromkeys(f"{f.get('stage')}: {f.get('message')}" for f in r.get("failures") or [])
+    partial_reason = "; ".join(reasons) or (
         "The audit was interrupted; the numbers cover only the stages that finished."
     )
     missing = {
@@ -222,6 +233,7 @@ def render_report(result: AuditResult | Mapping[str, Any]) -> str:
         partial_reason=partial_reason, missing=missing, has_attack_radius=has_attack_radius,
         radius_methods=radius_methods, budget=_budget_text(r.get("attacks") or {}),
         normalization=_normalization_text(r["model"]),
+        radius_skipped=((r.get("attacks") or {}).get("plan") or {}).get("radius") is False,
     )
 
 
