@@ -191,6 +191,7 @@ class AttackPlan:
         steps: APGD iterations per attack.
         n_targets: target classes of APGD-T.
         radius: whether the minimal-norm radius attack runs.
+        radius_requested: whether it was asked for (``radius`` is False for both "not asked" and "left out").
         pass_s: measured seconds of one forward+backward pass per sample (``None`` when not measured).
         projected_s: projected seconds of the ensemble at the standard budget (100 steps, 9 targets).
         reduced: whether steps or targets were lowered to fit the budget.
@@ -202,6 +203,12 @@ class AttackPlan:
     pass_s: float | None = None
     projected_s: float | None = None
     reduced: bool = False
+    radius_requested: bool = True
+
+    @property
+    def radius_skipped(self) -> bool:
+        """Whether the radius attack was asked for and left out for the budget."""
+        return self.reduced and not self.radius and self.radius_requested
 
 
 #: Standard budget (AutoAttack): 100 APGD steps, 9 APGD-T targets; passes of the radius attack per sample.
@@ -233,12 +240,14 @@ def plan_attacks(pass_s: float, n: int, n_eps: int, budget_s: float, radius: boo
     projected = ensemble_passes(n, n_eps, STANDARD_STEPS, STANDARD_TARGETS) * pass_s
     fits_radius = radius and n * RADIUS_PASSES * pass_s <= budget_s
     if projected <= budget_s:
-        return AttackPlan(STANDARD_STEPS, STANDARD_TARGETS, fits_radius, pass_s, projected, not fits_radius and radius)
+        return AttackPlan(STANDARD_STEPS, STANDARD_TARGETS, fits_radius, pass_s, projected, not fits_radius and radius,
+                          radius)
     for targets in (STANDARD_TARGETS, 3, 1):
         per_step = ensemble_passes(n, n_eps, 1, targets) * pass_s
         steps = int(budget_s // per_step) if per_step > 0 else STANDARD_STEPS
         if steps >= 10 or targets == 1:
-            return AttackPlan(max(10, min(STANDARD_STEPS, steps)), targets, fits_radius, pass_s, projected, True)
+            return AttackPlan(max(10, min(STANDARD_STEPS, steps)), targets, fits_radius, pass_s, projected, True,
+                              radius)
     raise AssertionError("unreachable")  # the loop returns at targets == 1
 
 
@@ -420,12 +429,12 @@ def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st
                                      "backward_samples": sum(a.backward_samples for a in spent)},
                           **summary}
         st.examples = _examples(model, x, y, report.results, config.max_examples)
-        st.attack_info["plan"] = dataclasses.asdict(plan)
+        st.attack_info["plan"] = {**dataclasses.asdict(plan), "radius_skipped": plan.radius_skipped}
         if plan.reduced:
             st.flags.append(FlagRecord(
                 code="attack-budget-reduced", severity="info", stage="attacks",
                 message=f"Attacks ran with {plan.steps} APGD steps and {plan.n_targets} APGD-T targets"
-                        f"{'' if plan.radius or not config.attack_radius else ', without the minimal-norm radius'}"
+                        f"{', without the minimal-norm radius' if plan.radius_skipped else ''}"
                         f" to fit the {config.attack_budget_s:g} s attack budget (the standard 100 steps and 9 targets "
                         f"were projected at {plan.projected_s:.0f} s): weaker attacks, higher empirical accuracy; "
                         "raise --attack-budget or pass --attack-steps 100 for the standard budget"))
@@ -440,7 +449,8 @@ def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st
 
 def _attack_plan(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig) -> AttackPlan:
     if config.attack_steps is not None:  # the user's budget, as given
-        return AttackPlan(config.attack_steps, config.attack_targets, config.attack_radius)
+        return AttackPlan(config.attack_steps, config.attack_targets, config.attack_radius,
+                          radius_requested=config.attack_radius)
     pass_s = measure_pass(model, x, y)
     return plan_attacks(pass_s, int(x.shape[0]), len(config.eps), config.attack_budget_s, config.attack_radius)
 

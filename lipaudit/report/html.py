@@ -233,7 +233,7 @@ def render_report(result: AuditResult | Mapping[str, Any]) -> str:
         partial_reason=partial_reason, missing=missing, has_attack_radius=has_attack_radius,
         radius_methods=radius_methods, budget=_budget_text(r.get("attacks") or {}),
         normalization=_normalization_text(r["model"]),
-        radius_skipped=((r.get("attacks") or {}).get("plan") or {}).get("radius") is False,
+        radius_skipped=bool(((r.get("attacks") or {}).get("plan") or {}).get("radius_skipped")),
     )
 
 
