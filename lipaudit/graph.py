@@ -338,7 +338,12 @@ def _trace_fx(model: nn.Module, shape: tuple[int, ...]) -> Graph:
         elif _is_structural(n, dyn, values):
             add(name, "structural", None, dyn, val, op=_op_name(target), factor=1.0)
         elif target in _CAT_TARGETS:
-            add(name, "cat", None, dyn, val, op=_op_name(target))
+            parts = n.args[0] if n.args and isinstance(n.args[0], (list, tuple)) else n.kwargs.get("tensors", ())
+            # every occurrence counts: cat([h, h]) doubles h's contribution, so duplicates are kept
+            listed = [a for a in parts if isinstance(a, fx.Node) and a in dyn] or dyn
+            batch_kept = all(isinstance(values.get(a), torch.Tensor) and values[a].shape[0] == val.shape[0]
+                             for a in listed)
+            add(name, "cat" if batch_kept else "opaque", None, listed, val, op=_op_name(target))
         elif target in FUNCTION_OPS and len(dyn) == 1 and n.args and n.args[0] is dyn[0]:
             extra = list(n.args[1:])
             kwargs = {k: v for k, v in n.kwargs.items() if k != "inplace"}

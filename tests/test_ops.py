@@ -359,3 +359,20 @@ def test_torchvision_stochastic_depth_is_the_identity_in_eval_mode() -> None:
     assert [n.kind for n in graph.nodes] == ["input", "module", "structural", "add", "output"]
     expected = 1.0 + float(model.fc.weight.detach().abs().sum(1).max())
     assert network_lipschitz(model, (4,), "inf") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("norm", NORMS, ids=str)
+def test_cat_of_the_same_activation_counts_it_twice(norm: Norm) -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x)
+            return torch.cat([h, h, x], dim=1)
+
+    model = Twice().double().eval()
+    exact = _jacobian_norm(model, torch.rand(3, dtype=torch.float64), norm)
+    assert exact <= network_lipschitz(model, (3,), norm) * (1 + 1e-9)
+    assert [n.inputs for n in trace(model, (3,)).nodes if n.kind == "cat"] == [("fc", "fc", "input")]
