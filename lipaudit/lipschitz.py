@@ -107,7 +107,11 @@ def _factor(node: Node, norm: Norm, cache: _Cache | None = None) -> float:
     assert module is not None  # only called for nodes carrying a module
     op = op_for_module(module)
     if op is not None and op.kind in (OpKind.POINTWISE, OpKind.POOLING):
-        return _registry_rule(module, node, norm)
+        value = _registry_rule(module, node, norm)
+        if not math.isfinite(value):  # e.g. CELU with α ≤ 0: its slope grows without bound
+            raise UnboundedNetwork(f"node {node.name!r} ({op.name}) has no global Lipschitz bound with these "
+                                   "parameters", node.name, op.name)
+        return value
     if op is not None and op.kind is OpKind.LINEAR and isinstance(module, _linear_types()):
         return _operator_norm(module, node.input_shape, norm, cache)
     if op is not None and op.kind is OpKind.UNBOUNDED:

@@ -134,7 +134,7 @@ MODULE_OPS: Mapping[type[nn.Module], Op] = MappingProxyType({
     nn.Softsign: _pointwise("Softsign", _one),
     nn.Tanhshrink: _pointwise("Tanhshrink", _one),  # 1 − sech² ∈ [0, 1)
     nn.LogSigmoid: _pointwise("LogSigmoid", _one),  # σ(−x) ∈ (0, 1)
-    nn.CELU: _pointwise("CELU", _one),  # exp(x/α) ≤ 1 on x < 0
+    nn.CELU: _pointwise("CELU", lambda m: 1.0 if float(cast(nn.CELU, m).alpha) > 0 else math.inf),  # exp(x/α) ≤ 1
     nn.Sigmoid: _pointwise("Sigmoid", lambda m: 0.25),
     nn.Hardsigmoid: _pointwise("Hardsigmoid", lambda m: 1.0 / 6.0),
     nn.Hardswish: _pointwise("Hardswish", lambda m: 1.5),  # (2x + 3)/6 on (−3, 3): 1.5 at x → 3
