@@ -34,3 +34,17 @@ def test_reproduce_quick_grid(tmp_path: Path) -> None:
     assert groups.count("plain") == 1 and groups.count("adversarial") == 3 and groups.count("regularised") == 4
     assert len(summary["claims"]["regularisers"]) == 4 and len(summary["claims"]["adversarial"]) == 3
     assert "| plain | plain |" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path: Path) -> None:
+    """`lipaudit demo --quick` as a user runs it: both reports complete, their Reproduce lines name the demo."""
+    from lipaudit.validate import validate_files
+
+    res = run(["demo", "--quick", "--out", str(tmp_path), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    for name in ("standard", "pgd_at"):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert data["status"] == "complete" and data["threat_model"]["n"] == 30
+        assert data["command"].startswith("lipaudit demo --out") and "--attack-steps 20" in data["command"]
+        assert validate_files(tmp_path / f"{name}.json", tmp_path / f"{name}.html") == []
