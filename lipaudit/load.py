@@ -158,7 +158,7 @@ def build_arch(spec: str) -> nn.Module:
     return model
 
 
-_FORMATS = "a torch.save state_dict, TorchScript, torch.export (.pt2) or safetensors file"
+_FORMATS = "a torch.save state_dict, TorchScript, torch.export (.pt2), safetensors or ONNX (.onnx) file"
 
 
 def _not_a_model(path: Path, head: bytes) -> ModelLoadError | None:
