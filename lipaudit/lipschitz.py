@@ -61,21 +61,40 @@ def _registry_rule(m: nn.Module, node: Node, norm: Norm) -> float:
 ACTIVATION_CONSTANTS: Mapping[type[nn.Module], _Rule] = {t: _registry_rule for t in nonlinear_types()}
 
 
-class UnboundedNetwork(UnsupportedLayerError):
+class _NoBound(UnsupportedLayerError):
+    """A node without a Lipschitz bound; ``node`` and ``op`` name it."""
+
+    def __init__(self, message: str, node: str, op: str) -> None:
+        super().__init__(message)
+        self.node, self.op = node, op
+
+
+class UnboundedNetwork(_NoBound):
     """The network has no global Lipschitz bound: a node multiplies activations or divides by a data-dependent
     scale. ``node`` and ``op`` name it."""
 
-    def __init__(self, message: str, node: str, op: str) -> None:
-        super().__init__(message)
-        self.node, self.op = node, op
 
-
-class UnavailableBound(UnsupportedLayerError):
+class UnavailableBound(_NoBound):
     """No rule gives a bound for a node (an op lipaudit does not know). ``node`` and ``op`` name it."""
 
-    def __init__(self, message: str, node: str, op: str) -> None:
-        super().__init__(message)
-        self.node, self.op = node, op
+
+def _no_bound(node: Node) -> _NoBound | None:
+    """Why ``node`` has no Lipschitz bound (an unbounded op, or one without a rule), or None when it has one."""
+    if node.kind in ("product", "unbounded"):
+        what = "the product of two activations" if node.kind == "product" else node.op
+        return UnboundedNetwork(f"node {node.name!r} ({node.op}) has no global Lipschitz bound: it is {what} of the "
+                                "input", node.name, node.op)
+    if node.kind == "opaque":
+        return UnavailableBound(f"node {node.name!r} ({node.op}) has no Lipschitz rule", node.name, node.op)
+    if node.module is not None:
+        op = op_for_module(node.module)
+        if op is None:
+            name = node.op or type(node.module).__name__
+            return UnavailableBound(f"node {node.name!r} ({name}) has no Lipschitz rule", node.name, name)
+        if op.kind is OpKind.UNBOUNDED:
+            return UnboundedNetwork(f"node {node.name!r} ({op.name}) has no global Lipschitz bound: {op.why}",
+                                    node.name, op.name)
+    return None
 
 
 def _linear_types() -> tuple[type[nn.Module], ...]:
@@ -114,11 +133,8 @@ def _factor(node: Node, norm: Norm, cache: _Cache | None = None) -> float:
         return value
     if op is not None and op.kind is OpKind.LINEAR and isinstance(module, _linear_types()):
         return _operator_norm(module, node.input_shape, norm, cache)
-    if op is not None and op.kind is OpKind.UNBOUNDED:
-        raise UnboundedNetwork(f"node {node.name!r} ({op.name}) has no global Lipschitz bound: {op.why}",
-                               node.name, op.name)
-    raise UnavailableBound(f"node {node.name!r} ({node.op or type(module).__name__}) has no Lipschitz rule",
-                           node.name, node.op or type(module).__name__)
+    raise _no_bound(node) or UnavailableBound(f"node {node.name!r} ({op.name if op else node.op}) has no "
+                                              "Lipschitz rule", node.name, op.name if op else node.op)
 
 
 # ---- folding BatchNorm / Normalize into the neighbouring conv or linear layer --------------------------------------
@@ -227,17 +243,9 @@ def layer_factors(graph: Graph, norm: Norm, *, fold: bool = True, cache: _Cache 
 def _check_bounded(graph: Graph) -> None:
     """Raise :class:`UnboundedNetwork` / :class:`UnavailableBound` naming the first node without a bound."""
     for node in graph.nodes:
-        if node.kind in ("product", "unbounded"):
-            what = "the product of two activations" if node.kind == "product" else node.op
-            raise UnboundedNetwork(f"node {node.name!r} ({node.op}) has no global Lipschitz bound: it is {what} "
-                                   "of the input", node.name, node.op)
-        if node.kind == "module" and node.module is not None:
-            op = op_for_module(node.module)
-            if op is not None and op.kind is OpKind.UNBOUNDED:
-                raise UnboundedNetwork(f"node {node.name!r} ({op.name}) has no global Lipschitz bound: {op.why}",
-                                       node.name, op.name)
-        if node.kind == "opaque":
-            raise UnavailableBound(f"node {node.name!r} ({node.op}) has no Lipschitz rule", node.name, node.op)
+        error = _no_bound(node)
+        if error is not None:
+            raise error
 
 
 def _cat(bounds: list[float], norm: Norm) -> float:
@@ -265,9 +273,8 @@ def _compose(graph: Graph, factors: Mapping[str, float], norm: Norm) -> dict[str
         elif node.module is not None and node.name in factors:
             bound[node.name] = factors[node.name] * bound[node.inputs[0]]
         else:
-            _check_bounded(graph)  # names the node and op that has no bound
-            raise UnavailableBound(f"node {node.name!r} ({node.op or node.kind}) has no Lipschitz rule", node.name,
-                                   node.op or node.kind)
+            raise _no_bound(node) or UnavailableBound(f"node {node.name!r} ({node.op or node.kind}) has no "
+                                                      "Lipschitz rule", node.name, node.op or node.kind)
     return bound
 
 
@@ -406,7 +413,7 @@ def lipschitz_report(model: nn.Module, input_shape: Any, norm: Norm | str | floa
     cache: _Cache = {}
     try:
         _check_bounded(graph)
-    except (UnboundedNetwork, UnavailableBound) as err:
+    except _NoBound as err:
         lower = m_lower = None
         if x is not None and y is not None:
             lower, m_lower = _lower_bounds(model, x, y, norm)

@@ -149,18 +149,19 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, s
     json_file = Path(json_path) if json_path else html_path.with_suffix(".json")
     check_writable(html_path)
     check_writable(json_file)
+    def command(steps_run: int | None, targets_run: int) -> str:
+        return _command(model, arch, unsafe_pickle, mean, std, device, data, split, n, seed, norm, eps, methods,
+                        radius, steps_run, targets_run, html_path, json_file)
+
     result = audit_model(model, arch=arch, unsafe_pickle=unsafe_pickle, mean=mean, std=std, device=device,
                          data=data, split=split, n=n, seed=seed, norm=norm, eps=eps, methods=methods, radius=radius,
                          memory_budget=memory_budget, time_budget=time_budget, progress=progress,
                          attack_steps=steps, attack_targets=attack_targets, attack_budget=attack_budget,
-                         command=_command(model, arch, unsafe_pickle, mean, std, device, data, split, n, seed, norm,
-                                          eps, methods, radius, steps, attack_targets, html_path, json_file))
+                         command=command(steps, attack_targets))
     require_measured(result)
     plan = (result.attacks or {}).get("plan") or {}
     if steps is None and plan.get("steps"):  # the Reproduce line names the budget that ran, not "auto"
-        result = dataclasses.replace(result, command=result.command.replace(
-            f"--attack-steps auto --attack-targets {attack_targets}",
-            f"--attack-steps {plan['steps']} --attack-targets {plan['n_targets']}"))
+        result = dataclasses.replace(result, command=command(int(plan["steps"]), int(plan["n_targets"])))
     write_outputs(result, html_path, json_file)
     code = exit_code_for(result, fail_under_certified, fail_under_robust)
     if code:
