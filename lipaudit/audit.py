@@ -136,8 +136,10 @@ def _hooked_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
     return sum(counts)
 
 
-def preflight(model: nn.Module, x: Tensor) -> None:
+def preflight(model: nn.Module, x: Tensor) -> Tensor:
     """Refuse a model no stage can evaluate meaningfully: non-finite weights or buffers, non-finite outputs.
+
+    Returns the model's outputs on ``x`` (the clean stage reads its predictions from them).
 
     Raises:
         NonFiniteWeightError: a parameter or buffer (BatchNorm statistics too) has NaN or infinite entries.
@@ -160,6 +162,7 @@ def preflight(model: nn.Module, x: Tensor) -> None:
                 f"The model outputs NaN or infinite logits on {int(bad_rows.sum())} of {out.shape[0]} samples "
                 f"(first: sample {int(bad_rows.nonzero()[0])}): no robustness figure can be measured; check the "
                 "model's forward (a log of 0, a division by 0) and the input range ([0, 1] pixels)")
+    return out
 
 
 def in_model_normalization(model: nn.Module) -> list[dict[str, Any]]:
@@ -371,19 +374,19 @@ def run_audit(
     st = _State(n=n)
     stages = _Stages()
     with eval_mode(model):  # every submodule in eval mode; the caller's modes come back afterwards
-        preflight(model, x)
+        logits = preflight(model, x)
         with contextlib.suppress(KeyboardInterrupt):  # _Stages marked the audit partial; keep what finished
-            _run_stages(model, x, y, config, input_shape, st, stages, progress)
+            _run_stages(model, logits, x, y, config, input_shape, st, stages, progress)
         return _assemble(model, x, y, config, st, stages, model_info, data_info, command)
 
 
-def _run_stages(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, input_shape: tuple[int, ...],
-                st: _State, stages: _Stages, progress: Progress) -> None:
+def _run_stages(model: nn.Module, logits: Tensor, x: Tensor, y: Tensor, config: AuditConfig,
+                input_shape: tuple[int, ...], st: _State, stages: _Stages, progress: Progress) -> None:
     from lipaudit import lipschitz as lip
     from lipaudit.norms import layer_norms
 
-    with stages.stage("clean"), torch.no_grad():
-        st.prediction = model(x).argmax(dim=1)
+    with stages.stage("clean"):
+        st.prediction = logits.argmax(dim=1)  # the preflight's forward pass, not a second one
     correct = st.prediction == y if st.prediction is not None else torch.ones_like(y, dtype=torch.bool)
     with stages.stage("norms"):
         st.layers = [layer.to_dict() for layer in layer_norms(model, input_shape)]
