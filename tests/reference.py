@@ -46,3 +46,84 @@ def dense_norms(module: nn.Module, input_shape: Sequence[int]) -> tuple[float, f
         float(torch.linalg.matrix_norm(m, ord=2)),
         float(m.abs().sum(1).max()),
     )
+
+
+def milp_min_margin(net: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor, a: torch.Tensor, b: float) -> float:
+    """The exact minimum of ``a · net(x) + b`` over the box, by a mixed-integer linear program (scipy's HiGHS).
+
+    ``net`` is a sequence of ``Linear`` and ``ReLU`` layers (``Flatten`` allowed first). Each ReLU ``z = max(h, 0)``
+    with pre-activation bounds ``l < 0 < u`` (interval arithmetic, in float64) is the exact big-M encoding
+    ``z ≥ h, z ≥ 0, z ≤ h − l(1 − δ), z ≤ u δ, δ ∈ {0, 1}``; stable ReLUs are the identity or zero.
+    """
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    layers = [m for m in net if not isinstance(m, nn.Flatten)]
+    lo_v, hi_v = lower.double().reshape(-1).numpy(), upper.double().reshape(-1).numpy()
+    n_in = lo_v.size
+    # variables: inputs, then per Linear its outputs h, per ReLU its outputs z and binaries δ
+    var_lo, var_hi, integrality = list(lo_v), list(hi_v), [0] * n_in
+    rows: list[tuple[dict[int, float], float, float]] = []
+    cur = list(range(n_in))
+    cur_lo, cur_hi = lo_v.copy(), hi_v.copy()
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            w = layer.weight.detach().double().numpy()
+            bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(w.shape[0])
+            new_lo = np.maximum(w, 0) @ cur_lo + np.minimum(w, 0) @ cur_hi + bias
+            new_hi = np.maximum(w, 0) @ cur_hi + np.minimum(w, 0) @ cur_lo + bias
+            start = len(var_lo)
+            for k in range(w.shape[0]):
+                coeffs = {cur[j]: -float(w[k, j]) for j in range(w.shape[1]) if w[k, j] != 0}
+                coeffs[start + k] = 1.0
+                rows.append((coeffs, float(bias[k]), float(bias[k])))
+            var_lo += list(new_lo - 1e-6)
+            var_hi += list(new_hi + 1e-6)
+            integrality += [0] * w.shape[0]
+            cur, cur_lo, cur_hi = list(range(start, start + w.shape[0])), new_lo, new_hi
+        elif isinstance(layer, nn.ReLU):
+            nxt = []
+            for k, h in enumerate(cur):
+                lo_k, u = cur_lo[k], cur_hi[k]
+                if lo_k >= 0:
+                    nxt.append(h)
+                    continue
+                z = len(var_lo)
+                var_lo.append(0.0)
+                var_hi.append(max(u, 0.0) + 1e-6)
+                integrality.append(0)
+                if u <= 0:
+                    rows.append(({z: 1.0}, 0.0, 0.0))
+                    nxt.append(z)
+                    continue
+                d = len(var_lo)
+                var_lo.append(0.0)
+                var_hi.append(1.0)
+                integrality.append(1)
+                rows.append(({z: 1.0, h: -1.0}, 0.0, np.inf))           # z ≥ h
+                rows.append(({z: 1.0, h: -1.0, d: -lo_k}, -np.inf, -lo_k))  # z ≤ h − l(1 − δ)
+                rows.append(({z: 1.0, d: -u}, -np.inf, 0.0))            # z ≤ u δ
+                nxt.append(z)
+            cur = nxt
+            cur_lo, cur_hi = np.maximum(cur_lo, 0), np.maximum(cur_hi, 0)
+        else:
+            raise TypeError(f"milp_min_margin handles Linear and ReLU layers, not {type(layer).__name__}")
+    n_var = len(var_lo)
+    objective = np.zeros(n_var)
+    for k, v in enumerate(cur):
+        objective[v] += float(a[k])
+    mat = np.zeros((len(rows), n_var))
+    lo_c, hi_c = np.zeros(len(rows)), np.zeros(len(rows))
+    for r, (coeffs, lo_r, hi_r) in enumerate(rows):
+        for j, v in coeffs.items():
+            mat[r, j] += v
+        lo_c[r], hi_c[r] = lo_r, hi_r
+    for presolve in (True, False):  # HiGHS occasionally reports a numerical "solve error" that presolve causes
+        res = milp(objective, constraints=LinearConstraint(mat, lo_c, hi_c), integrality=np.array(integrality),
+                   bounds=Bounds(np.array(var_lo), np.array(var_hi)),
+                   options={"mip_rel_gap": 0, "time_limit": 60, "presolve": presolve})
+        if res.status == 0:
+            break
+    if res.status != 0:
+        raise RuntimeError(f"MILP did not solve: {res.message}")
+    return float(res.fun) + b

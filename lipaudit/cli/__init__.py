@@ -31,6 +31,7 @@ _COMMANDS: dict[str, str] = {
     "report": "lipaudit.cli.report:report",
     "reproduce": "lipaudit.cli.reproduce:reproduce",
     "train": "lipaudit.cli.train:train",
+    "verify": "lipaudit.cli.verify:verify",
 }
 
 
@@ -45,6 +46,7 @@ _SUMMARIES: dict[str, str] = {
     "reproduce": "Reproduce the paper's experiments on the built-in MNIST digits.",
     "train": "Train a model with the paper's regularisers or adversarial training.",
     "validate": "Check the invariants of an audit result (and its HTML report).",
+    "verify": "Decide VNN-LIB properties by branch and bound (sat/unsat/unknown); run and compare benchmarks.",
 }
 
 

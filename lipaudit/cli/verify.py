@@ -1,0 +1,148 @@
+"""``lipaudit verify``: decide VNN-LIB properties with branch and bound; run and compare whole benchmarks."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lipaudit.cli._options import emit_json, load_from_options, model_options
+from lipaudit.errors import UsageError
+
+__all__ = ["verify"]
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise click.BadParameter(f"expected a positive number of seconds but got {value!r}", ctx, param)
+    return value
+
+
+@click.command("verify")
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@model_options
+@click.option("--timeout", type=float, default=None, callback=_positive, metavar="S",
+              help="Seconds for one property (default 60; with --instances each instance's own time-out).")
+@click.option("--result", "result_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the competition's result file (sat/unsat/unknown and the counterexample) here.")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print the verdict and its details as JSON.")
+@click.option("--instances", type=click.Path(dir_okay=False), default=None,
+              help="Run a whole benchmark: a CSV of 'onnx,vnnlib,timeout' rows (paths relative to it).")
+@click.option("--compare", "compare_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Another tool's published results CSV to set beside lipaudit's answers (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="verify-out", show_default=True,
+              help="With --instances: the folder for verify.json, verify.html and the per-instance result files.")
+@click.option("--timeout-scale", type=float, default=1.0, show_default=True, callback=_positive,
+              help="With --instances: multiply every instance's time-out (1 = the competition's).")
+@click.option("--no-progress", is_flag=True, default=False, help="No progress lines on stderr.")
+def verify(model: str | None, spec: str | None, arch: str | None, unsafe_pickle: bool, mean: str | None,
+           std: str | None, device: str, timeout: float | None, result_path: str | None, as_json: bool,
+           instances: str | None, compare_files: tuple[str, ...], out_dir: str, timeout_scale: float,
+           no_progress: bool) -> None:
+    """Decide whether MODEL satisfies the VNN-LIB property SPEC: prints unsat (verified: no counterexample
+    exists), sat (a counterexample, re-checked in float64) or unknown (the time-out came first).
+
+    Attack first, then CROWN and α-CROWN, then branch and bound with β-CROWN split constraints (input splitting
+    for inputs of at most 16 features). With --instances, runs every instance of a VNN-COMP benchmark at its own
+    time-out and writes a table beside the tools given with --compare; exits 3 if an answer contradicts one of
+    theirs, 130 if interrupted (what finished is written)."""
+    if instances is not None:
+        if model is not None or spec is not None:
+            raise UsageError("Give either MODEL SPEC or --instances CSV, not both")
+        _run_instances(instances, compare_files, Path(out_dir), timeout_scale, timeout, not no_progress)
+        return
+    if model is None or spec is None:
+        raise UsageError("Expected MODEL and SPEC (a .vnnlib file), or --instances CSV")
+    if compare_files:
+        raise UsageError("--compare needs --instances")
+    from lipaudit.certify.bab import BabOptions, BranchAndBound
+    from lipaudit.vnnlib import read_vnnlib, result_text
+
+    loaded = load_from_options(model, arch, unsafe_pickle, mean, std, device)
+    shape = loaded.input_shape
+    prop = read_vnnlib(spec, tuple(shape) if shape else None)
+    bab = BranchAndBound(loaded.module, tuple(prop.lower.shape), BabOptions(timeout_s=timeout or 60.0))
+    res = bab.verify(prop)
+    outputs = _outputs(bab, res)
+    if result_path is not None:
+        Path(result_path).write_text(result_text(res.verdict.competition_word, res.counterexample, outputs),
+                                     encoding="utf-8")
+    if as_json:
+        emit_json({**res.to_dict(), "result": res.verdict.competition_word})
+    else:
+        click.echo(res.verdict.competition_word)
+        detail = f"{res.decided_by}, {res.time_s:.1f} s, {res.domains} sub-domains"
+        click.echo(f"lipaudit: {res.verdict} ({detail}{'; ' + res.reason if res.reason else ''})", err=True)
+
+
+def _outputs(bab: Any, res: Any) -> Any:
+    if res.counterexample is None:
+        return None
+    import torch
+
+    with torch.no_grad():
+        return bab.model64(res.counterexample.unsqueeze(0))[0]
+
+
+def _run_instances(path: str, compare_files: tuple[str, ...], out: Path, scale: float, timeout: float | None,
+                   progress: bool) -> None:
+    import torch
+
+    from lipaudit.certify.bab import BabOptions, BranchAndBound
+    from lipaudit.load import load_model
+    from lipaudit.vnncomp import read_instances, read_tool_results, run_suite, write_suite
+    from lipaudit.vnnlib import read_vnnlib, result_text
+
+    items = read_instances(path)
+    tools = dict(read_tool_results(f) for f in compare_files)
+    engines: dict[Path, Any] = {}
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    budget = [timeout if timeout is not None else inst.timeout_s * scale for inst in items]
+    spent: list[float] = []
+
+    def one(inst: Any) -> Any:
+        if inst.onnx not in engines:
+            loaded = load_model(inst.onnx)
+            shape = tuple(loaded.input_shape) if loaded.input_shape else None
+            engines[inst.onnx] = (BranchAndBound(loaded.module, shape or (0,), BabOptions()), shape)
+        bab, shape = engines[inst.onnx]
+        prop = read_vnnlib(inst.vnnlib, shape)
+        res = bab.verify(prop, timeout_s=budget[len(spent)])
+        name = f"{Path(inst.onnx_text).stem}__{Path(inst.vnnlib_text).stem}.txt"
+        (out / "results" / name).write_text(result_text(res.verdict.competition_word, res.counterexample,
+                                                        _outputs(bab, res)), encoding="utf-8")
+        return res
+
+    def report(row: Any, done: int) -> None:
+        spent.append(row.time_s)
+        if not progress:
+            return
+        seen.append(row.verdict.competition_word)
+        counts = {w: seen.count(w) for w in ("unsat", "sat", "unknown")}
+        mean = sum(spent) / len(spent)
+        remaining = len(items) - done
+        eta = min(mean * remaining, sum(budget[done:]))
+        click.echo(f"[{done}/{len(items)}] {row.onnx} {row.vnnlib}: {row.verdict.competition_word} "
+                   f"({row.time_s:.1f} s, {row.decided_by}) · so far {counts['unsat']} unsat / {counts['sat']} sat "
+                   f"/ {counts['unknown']} unknown · ETA {eta / 60:.0f} min", err=True)
+
+    seen: list[str] = []
+    command = "lipaudit verify " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["verify"] else sys.argv[1:])
+    suite = run_suite(items, one, tools, instances_file=path, threads=torch.get_num_threads(), on_result=report)
+    json_path, html_path = write_suite(suite, out, command)
+    summary = suite.to_dict()["summary"]
+    ours = summary["lipaudit"]
+    click.echo(f"lipaudit: {ours['verified']} unsat, {ours['falsified']} sat, {ours['unknown']} unknown of "
+               f"{len(suite.results)} instances; {summary['contradictions']} contradiction(s); wrote {html_path} "
+               f"and {json_path}", err=True)
+    if summary["contradictions"]:
+        click.echo("lipaudit: soundness: an answer contradicts another tool's decided answer (see the report)",
+                   err=True)
+        sys.exit(3)
+    if not suite.complete:
+        click.echo(f"lipaudit: interrupted after {len(suite.results)} of {suite.total} instances", err=True)
+        sys.exit(130)
