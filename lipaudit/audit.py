@@ -33,6 +33,8 @@ __all__ = ["AuditConfig", "attack_budget", "default_methods", "in_model_normaliz
 
 LIPSCHITZ = "Lipschitz"
 ENSEMBLE = "attack ensemble"
+BAB = "BaB"  # the complete verifier's method name in certified figures
+BAB_COUNTEREXAMPLE = "BaB counterexample"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class AuditConfig:
         memory_budget_gb: memory budget for certification.
         time_budget_s: per-sample time budget for certification.
         max_examples: adversarial examples kept for the report.
+        complete_budget_s: seconds of branch and bound (:mod:`lipaudit.certify.bab`) for each sample that is left
+            undecided at an ε (neither certified nor attacked); ``None``: no branch and bound. ℓ∞ only.
     """
 
     norm: Norm
@@ -70,6 +74,7 @@ class AuditConfig:
     memory_budget_gb: float = 8.0
     time_budget_s: float = 60.0
     max_examples: int = 8
+    complete_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.eps:
@@ -81,6 +86,12 @@ class AuditConfig:
             raise UsageError(f"Expected at least 2 attack steps but got {self.attack_steps!r}")
         if not (math.isfinite(self.attack_budget_s) and self.attack_budget_s > 0):
             raise UsageError(f"Expected a positive attack budget but got {self.attack_budget_s!r}")
+        if self.complete_budget_s is not None:
+            if not (math.isfinite(self.complete_budget_s) and self.complete_budget_s > 0):
+                raise UsageError(f"Expected a positive branch-and-bound budget but got {self.complete_budget_s!r}")
+            if self.norm is not Norm.LINF:
+                raise UsageError(f"Branch and bound (--complete) verifies ℓ∞ boxes; it cannot run with the "
+                                 f"ℓ{self.norm} norm: use --norm inf or leave out --complete")
 
 
 def default_methods(model: nn.Module, input_shape: Sequence[int]) -> tuple[tuple[Method, ...], Method | None]:
@@ -307,6 +318,7 @@ class _State:
     worst_attacked: dict[str, Tensor] = field(default_factory=dict)  # eps key -> bool (N,)
     radius_attack: Tensor | None = None
     certified: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # eps key -> method -> bool (N,)
+    falsified: dict[str, Tensor] = field(default_factory=dict)  # eps key -> bool (N,): BaB counterexamples
     radius_certified: dict[str, Tensor] = field(default_factory=dict)  # method -> radius (N,), nan = unknown
     flags: list[FlagRecord] = field(default_factory=list)
     attack_info: dict[str, Any] = field(default_factory=dict)
@@ -522,6 +534,9 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
                 st.certified.setdefault(key, {})[str(method)] = flags
             done += 1
             progress("certify", done, total)
+    if config.complete_budget_s is not None and idx.numel():
+        with stages.stage("certify BaB"):
+            _run_complete(model, x, y, config, idx, st, progress)
     if config.radius_method is not None and idx.numel():
         method = config.radius_method
         with stages.stage("certified radius"):
@@ -537,6 +552,59 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
                                       "per_sample_mean": sum(rres.computations) / max(1, len(rres.computations)),
                                       "tol": config.radius_tol, "time_s": rres.time_s,
                                       "methods_used": sorted({m for m in rres.method_used if m})}
+
+
+def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, idx: Tensor, st: _State,
+                  progress: Progress) -> None:
+    """Branch and bound on the samples no method certified and no attack broke, at each ε (ascending)."""
+    from lipaudit.certify.bab import BabOptions, BranchAndBound
+    from lipaudit.certify.spec import Verdict, robustness_property
+
+    assert config.complete_budget_s is not None
+    bab = BranchAndBound(model, tuple(int(v) for v in x.shape[1:]),
+                         BabOptions(timeout_s=config.complete_budget_s, seed=config.seed))
+    with torch.no_grad():
+        k = int(model(x[:1]).shape[1])
+    chosen = set(idx.tolist())
+    todo_per_eps = []
+    for eps in config.eps:
+        key = eps_key(eps)
+        done = torch.zeros(st.n, dtype=torch.bool)
+        for flags in st.certified.get(key, {}).values():
+            done |= flags.cpu()
+        done |= st.worst_attacked.get(key, torch.zeros(st.n, dtype=torch.bool)).cpu()
+        todo_per_eps.append([i for i in range(st.n) if i in chosen and not bool(done[i])])
+    total, finished = sum(len(t) for t in todo_per_eps), 0
+    rows = []
+    falsified_before = torch.zeros(st.n, dtype=torch.bool)
+    for eps, todo in zip(config.eps, todo_per_eps, strict=True):
+        key = eps_key(eps)
+        verified = torch.zeros(st.n, dtype=torch.bool)
+        falsified = falsified_before.clone()  # a counterexample at a smaller ε lies in every larger ball
+        verdicts: list[str | None] = [None] * st.n
+        start = time.perf_counter()
+        for i in todo:
+            if bool(falsified[i]):
+                verdicts[i] = Verdict.FALSIFIED.value
+            else:
+                prop = robustness_property(x[i].detach().cpu().double(), int(y[i]), float(eps), k)
+                res = bab.verify(prop)
+                verdicts[i] = res.verdict.value
+                verified[i] = res.verdict is Verdict.VERIFIED
+                falsified[i] = res.verdict is Verdict.FALSIFIED
+            finished += 1
+            progress("BaB", finished, total)
+        certified_any = torch.zeros(st.n, dtype=torch.bool)
+        for flags in st.certified.get(key, {}).values():
+            certified_any |= flags.cpu()
+        st.certified.setdefault(key, {})[BAB] = certified_any | verified  # complete: includes what bounds proved
+        st.falsified[key] = falsified
+        falsified_before = falsified
+        rows.append({"eps": eps, "undecided_before": len(todo), "verified": int(verified.sum()),
+                     "falsified": sum(v == Verdict.FALSIFIED.value for v in verdicts),
+                     "unknown": sum(v == Verdict.UNKNOWN.value for v in verdicts),
+                     "time_s": time.perf_counter() - start, "verdicts": verdicts})
+    st.cert_info["complete"] = {"budget_s": config.complete_budget_s, "results": rows}
 
 
 def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _State, stages: _Stages,
@@ -563,11 +631,18 @@ def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _
         worst = [not c or b for c, b in zip(correct, _bools(st.worst_attacked.get(key), n))]
         certified[key] = by_method
         attacked[key] = {ENSEMBLE: worst} if ran_attacks else {}
+        robust = dict(st.robust_by_attack.get(key, {}))
+        if key in st.falsified:  # checked counterexamples of branch and bound count as attacks
+            found = _bools(st.falsified[key], n)
+            attacked[key][BAB_COUNTEREXAMPLE] = [not c or b for c, b in zip(correct, found)]
+            worst = [w or b for w, b in zip(worst, found)]
+            robust[BAB_COUNTEREXAMPLE] = sum(not b for b in worst) / n
+            ran_attacks = True  # branch and bound searched every sample no bound certified
         rows.append(AccuracyRow(
             eps=eps,
             clean=sum(correct) / n,
             certified={m: sum(v) / n for m, v in by_method.items()},
-            robust=dict(st.robust_by_attack.get(key, {})),
+            robust=robust,
             worst_case=sum(not b for b in worst) / n if ran_attacks else None,  # never a number nobody measured
         ))
 

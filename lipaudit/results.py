@@ -31,7 +31,7 @@ __all__ = [
     "eps_key",
 ]
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 def eps_key(eps: float) -> str:

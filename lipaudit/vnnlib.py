@@ -185,7 +185,7 @@ def parse_vnnlib(text: str, input_shape: tuple[int, ...] | None = None) -> BoxPr
                          f"(shape {tuple(shape)})")
     lo = torch.tensor([lower[i] for i in range(n_in)], dtype=torch.float64).reshape(shape)
     hi = torch.tensor([upper[i] for i in range(n_in)], dtype=torch.float64).reshape(shape)
-    label = _label(rows)
+    label = _label(rows, offsets)
     return BoxProperty(lo, hi, torch.tensor(rows, dtype=torch.float64), torch.tensor(offsets, dtype=torch.float64),
                        label)
 
@@ -197,12 +197,15 @@ def _prod(shape: tuple[int, ...]) -> int:
     return out
 
 
-def _label(rows: list[list[float]]) -> int | None:
-    """The class every margin protects (+1 on one common output), if the property is a robustness property."""
+def _label(rows: list[list[float]], offsets: list[float]) -> int | None:
+    """The class every margin protects, if the property is a robustness property (each margin ``Y_y − Y_j``)."""
     common = None
-    for a in rows:
+    for a, b in zip(rows, offsets, strict=True):
         pos = [j for j, v in enumerate(a) if v == 1.0]
-        if len(pos) != 1 or (common is not None and pos[0] != common):
+        neg = [j for j, v in enumerate(a) if v == -1.0]
+        if b != 0 or len(pos) != 1 or len(neg) != 1 or len(pos) + len(neg) != sum(v != 0 for v in a):
+            return None
+        if common is not None and pos[0] != common:
             return None
         common = pos[0]
     return common

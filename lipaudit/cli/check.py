@@ -110,6 +110,10 @@ def _fraction(value: float | None, name: str) -> float | None:
               help="Seconds the attack ensemble may take with --attack-steps auto.")
 @click.option("--memory-budget", default=8.0, show_default=True, type=float, help="GB for certification.")
 @click.option("--time-budget", default=60.0, show_default=True, type=float, help="Seconds per sample to certify.")
+@click.option("--complete", "complete", default=None, metavar="S",
+              type=click.FloatRange(min=0, min_open=True),
+              help="Branch and bound (β-CROWN splits) on every sample left undecided at an ε, S seconds each "
+                   "(ℓ∞ only): verified, counterexample or unknown per sample.")
 @click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
               help="HTML report path [default: reports/<model>.html].")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
@@ -122,7 +126,7 @@ def _fraction(value: float | None, name: str) -> float | None:
 def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None, device: str,
           data: str, split: str, n: int, seed: int, norm_text: str, eps_text: str | None, methods: str,
           radius: bool, attack_steps: str, attack_targets: int, attack_budget: float, memory_budget: float,
-          time_budget: float,
+          time_budget: float, complete: float | None,
           output: str | None,
           json_path: str | None, fail_under_certified: float | None, fail_under_robust: float | None,
           progress: bool | None) -> None:
@@ -149,15 +153,20 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, s
     json_file = Path(json_path) if json_path else html_path.with_suffix(".json")
     check_writable(html_path)
     check_writable(json_file)
+    if complete is not None and norm is not Norm.LINF:
+        raise click.BadParameter(f"branch and bound verifies ℓ∞ boxes, not the ℓ{norm} norm: use --norm inf",
+                                 param_hint="--complete")
+
     def command(steps_run: int | None, targets_run: int) -> str:
-        return _command(model, arch, unsafe_pickle, mean, std, device, data, split, n, seed, norm, eps, methods,
+        line = _command(model, arch, unsafe_pickle, mean, std, device, data, split, n, seed, norm, eps, methods,
                         radius, steps_run, targets_run, html_path, json_file)
+        return line + ("" if complete is None else f" --complete {complete!r}")
 
     result = audit_model(model, arch=arch, unsafe_pickle=unsafe_pickle, mean=mean, std=std, device=device,
                          data=data, split=split, n=n, seed=seed, norm=norm, eps=eps, methods=methods, radius=radius,
                          memory_budget=memory_budget, time_budget=time_budget, progress=progress,
                          attack_steps=steps, attack_targets=attack_targets, attack_budget=attack_budget,
-                         command=command(steps, attack_targets))
+                         command=command(steps, attack_targets), complete=complete)
     require_measured(result)
     plan = (result.attacks or {}).get("plan") or {}
     if steps is None and plan.get("steps"):  # the Reproduce line names the budget that ran, not "auto"
@@ -251,7 +260,7 @@ def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str 
                 device: str, data: str, split: str, n: int, seed: int, norm: Norm, eps: tuple[float, ...],
                 methods: str, radius: bool, memory_budget: float, time_budget: float, progress: bool | None,
                 command: str, attack_steps: int | None = 100, attack_targets: int = 9,
-                attack_budget: float = 120.0) -> Any:
+                attack_budget: float = 120.0, complete: float | None = None) -> Any:
     """Load the model and data, then run the audit (shared by ``check`` and ``demo``)."""
     import torch
 
@@ -284,7 +293,7 @@ def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str 
     config = AuditConfig(norm=norm, eps=eps, methods=chosen, radius_method=radius_method if radius else None,
                          attack_radius=radius, attack_steps=attack_steps, attack_targets=attack_targets,
                          attack_budget_s=attack_budget, seed=seed,
-                         memory_budget_gb=memory_budget, time_budget_s=time_budget)
+                         memory_budget_gb=memory_budget, time_budget_s=time_budget, complete_budget_s=complete)
     bars = tqdm_progress(progress)
     try:
         return run_audit(loaded.module, x, y, config, model_info=model_info(loaded, input_shape, num_classes),
