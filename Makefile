@@ -50,6 +50,7 @@ bench: setup
 	$(PY) benchmarks/norms.py
 	$(PY) benchmarks/attacks.py
 	$(PY) benchmarks/certify.py
+	$(PY) benchmarks/bab.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
