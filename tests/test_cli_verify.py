@@ -166,3 +166,33 @@ def test_check_complete_resolves_undecided_samples(digits_model: Path, tmp_path:
     assert "--complete 5.0" in data["command"]
     res = run([*args, "--complete", "5", "--norm", "2", "--eps", "0.5"])
     assert res.exit_code == 2 and "--complete" in res.output
+
+
+def test_interrupted_benchmark_writes_what_finished(onnx_net: tuple[nn.Module, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipaudit.certify import bab
+
+    model, path = onnx_net
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "mlp.onnx").write_bytes(path.read_bytes())
+    centre = np.full(6, 0.5)
+    for i in range(3):
+        _spec(bench / f"p{i}.vnnlib", centre, 0.0001, _label(model, centre))
+    (bench / "instances.csv").write_text("".join(f"mlp.onnx,p{i}.vnnlib,30\n" for i in range(3)))
+    real = bab.BranchAndBound.verify
+    calls = []
+
+    def interrupt_second(self: bab.BranchAndBound, *args: object, **kwargs: object) -> bab.VerifyResult:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bab.BranchAndBound, "verify", interrupt_second)
+    out = tmp_path / "out"
+    res = run(["verify", "--instances", str(bench / "instances.csv"), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 130 and "interrupted after 1 of 3" in res.output
+    data = json.loads((out / "verify.json").read_text())
+    assert data["complete"] is False and len(data["instances"]) == 1
+    assert "interrupted: 1 of 3" in (out / "verify.html").read_text()
