@@ -133,6 +133,8 @@ def test_instances_table_beside_other_tools_and_contradictions(onnx_net: tuple[n
     data = json.loads((out / "verify.json").read_text())
     assert [r["verdict"] for r in data["instances"]] == ["verified", "falsified"]
     assert data["summary"]["contradictions"] == 0 and data["summary"]["agree"]["decided"] == 2
+    assert data["command"].startswith("lipaudit --threads ") and " verify --instances " in data["command"]
+    assert data["command"].endswith(f"--compare {agree} --out {out}")
     assert (out / "results" / "mlp__p1.txt").read_text().startswith("sat\n")
     html = (out / "verify.html").read_text()
     assert "agree" in html and "http" not in html.replace("http-equiv", "")

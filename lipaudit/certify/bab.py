@@ -321,7 +321,7 @@ class BranchAndBound:
             return done(Verdict.VERIFIED, "CROWN")
         if deadline.left() <= 0:
             return done(Verdict.UNKNOWN, "CROWN", reason="timeout")
-        by, root_lb, root = "CROWN", lb[open_rows], self._root_state(list(range(len(open_rows))), open_rows)
+        by, root_lb, root = "CROWN", lb[open_rows], self._root_state(len(open_rows))
         # α-CROWN with as many steps as a quarter of the time left allows (one step costs about two CROWN passes)
         steps = min(o.alpha_iterations, int(0.25 * deadline.left() / max(2 * crown_s, 1e-3)))
         if steps >= 2:
@@ -331,7 +331,7 @@ class BranchAndBound:
             except _BoundFailure as err:
                 return done(Verdict.UNKNOWN, by, reason=f"auto_LiRPA failed: {err}")
             root_lb = torch.maximum(lb_a[0] + prop.b.float()[open_rows], root_lb)
-            root = self._root_state(list(range(len(open_rows))), open_rows)
+            root = self._root_state(len(open_rows))
         rows = [(float(v), k) for k, v in enumerate(root_lb.tolist()) if not v > o.margin_tol]
         if not rows:
             return done(Verdict.VERIFIED, by)
@@ -359,13 +359,13 @@ class BranchAndBound:
 
     # ---- ReLU-split BaB ----------------------------------------------------------------------------------------
 
-    def _root_state(self, spec_rows: list[int], rows: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
-                                                                          list[list[torch.Tensor] | None]]:
-        """After a root bound call: the pre-activation bounds of every ReLU, and per margin the coefficients of its
-        bound on every ReLU output (for branching)."""
+    def _root_state(self, num_rows: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                 list[list[torch.Tensor] | None]]:
+        """After a root bound call over ``num_rows`` margins: the pre-activation bounds of every ReLU, and per margin
+        the coefficients of its bound on every ReLU output (for branching; None where auto_LiRPA kept none)."""
         bounds = [(m.inputs[0].lower.detach().clone(), m.inputs[0].upper.detach().clone()) for m in self.relus]
         coefs: list[list[torch.Tensor] | None] = []
-        for s_ in spec_rows:
+        for s_ in range(num_rows):
             per: list[torch.Tensor] | None = []
             for m in self.relus:
                 la = getattr(m, "lA", None)
@@ -374,7 +374,6 @@ class BranchAndBound:
                     break
                 per.append(la[s_, 0:1].detach().reshape(1, -1).clone())
             coefs.append(per)
-        del rows
         return bounds, coefs
 
     def _relu_bab(

@@ -131,7 +131,12 @@ def _run_instances(path: str, compare_files: tuple[str, ...], out: Path, scale: 
                    f"/ {counts['unknown']} unknown · ETA {eta / 60:.0f} min", err=True)
 
     seen: list[str] = []
-    command = "lipaudit verify " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["verify"] else sys.argv[1:])
+    args = ["lipaudit", "--threads", str(torch.get_num_threads()), "verify", "--instances", path]
+    for f in compare_files:
+        args += ["--compare", f]
+    args += ["--out", str(out)] + (["--timeout", repr(timeout)] if timeout is not None else []) + (
+        ["--timeout-scale", repr(scale)] if scale != 1.0 else [])
+    command = shlex.join(args)
     suite = run_suite(items, one, tools, instances_file=path, threads=torch.get_num_threads(), on_result=report)
     json_path, html_path = write_suite(suite, out, command)
     summary = suite.to_dict()["summary"]
