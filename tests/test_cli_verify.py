@@ -198,3 +198,15 @@ def test_interrupted_benchmark_writes_what_finished(onnx_net: tuple[nn.Module, P
     data = json.loads((out / "verify.json").read_text())
     assert data["complete"] is False and len(data["instances"]) == 1
     assert "interrupted: 1 of 3" in (out / "verify.html").read_text()
+
+
+def test_branch_and_bound_progress_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from lipaudit.cli.verify import _BabLines
+
+    lines = _BabLines(every_s=0.0)
+    lines(128, 40)
+    err = capsys.readouterr().err
+    assert "128 sub-domains bounded, 40 open" in err
+    quiet = _BabLines(every_s=3600.0)
+    quiet(1, 1)
+    assert capsys.readouterr().err == ""

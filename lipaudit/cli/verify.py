@@ -66,7 +66,7 @@ def verify(model: str | None, spec: str | None, arch: str | None, unsafe_pickle:
     shape = loaded.input_shape
     prop = read_vnnlib(spec, tuple(shape) if shape else None)
     bab = BranchAndBound(loaded.module, tuple(prop.lower.shape), BabOptions(timeout_s=timeout or 60.0))
-    res = bab.verify(prop)
+    res = bab.verify(prop, progress=None if no_progress else _BabLines())
     outputs = _outputs(bab, res)
     if result_path is not None:
         Path(result_path).write_text(result_text(res.verdict.competition_word, res.counterexample, outputs),
@@ -77,6 +77,24 @@ def verify(model: str | None, spec: str | None, arch: str | None, unsafe_pickle:
         click.echo(res.verdict.competition_word)
         detail = f"{res.decided_by}, {res.time_s:.1f} s, {res.domains} sub-domains"
         click.echo(f"lipaudit: {res.verdict} ({detail}{'; ' + res.reason if res.reason else ''})", err=True)
+
+
+class _BabLines:
+    """A progress line on stderr every five seconds of branch and bound: sub-domains bounded and still open."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self._start = self._last = self._clock()
+        self._every = every_s
+
+    def __call__(self, bounded: int, open_: int) -> None:
+        now = self._clock()
+        if now - self._last >= self._every:
+            self._last = now
+            click.echo(f"lipaudit: branch and bound: {bounded} sub-domains bounded, {open_} open, "
+                       f"{now - self._start:.0f} s", err=True)
 
 
 def _outputs(bab: Any, res: Any) -> Any:
