@@ -210,3 +210,13 @@ def test_branch_and_bound_progress_lines(capsys: pytest.CaptureFixture[str]) -> 
     quiet = _BabLines(every_s=3600.0)
     quiet(1, 1)
     assert capsys.readouterr().err == ""
+
+
+def test_every_command_has_a_help_summary() -> None:
+    from click.testing import CliRunner
+
+    from lipaudit.cli import _COMMANDS, _SUMMARIES, cli
+
+    assert set(_COMMANDS) == set(_SUMMARIES) and "verify" in _COMMANDS
+    res = CliRunner().invoke(cli, ["--help"])
+    assert res.exit_code == 0 and _SUMMARIES["verify"][:40] in res.output
