@@ -566,8 +566,9 @@ def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, i
     with torch.no_grad():
         k = int(model(x[:1]).shape[1])
     chosen = set(idx.tolist())
+    ascending = sorted(set(config.eps))  # a counterexample carries over to every larger ε
     todo_per_eps = []
-    for eps in config.eps:
+    for eps in ascending:
         key = eps_key(eps)
         done = torch.zeros(st.n, dtype=torch.bool)
         for flags in st.certified.get(key, {}).values():
@@ -577,7 +578,7 @@ def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, i
     total, finished = sum(len(t) for t in todo_per_eps), 0
     rows = []
     falsified_before = torch.zeros(st.n, dtype=torch.bool)
-    for eps, todo in zip(config.eps, todo_per_eps, strict=True):
+    for eps, todo in zip(ascending, todo_per_eps, strict=True):
         key = eps_key(eps)
         verified = torch.zeros(st.n, dtype=torch.bool)
         falsified = falsified_before.clone()  # a counterexample at a smaller ε lies in every larger ball

@@ -23,8 +23,8 @@ from typing import Any
 from lipaudit.certify.spec import Verdict
 from lipaudit.errors import UsageError
 
-__all__ = ["Instance", "InstanceResult", "Suite", "read_instances", "read_tool_results", "render_html",
-           "summarise", "tool_verdict"]
+__all__ = ["Instance", "InstanceResult", "Suite", "ToolAnswer", "ToolRow", "match", "read_instances",
+           "read_tool_results", "render_html", "run_suite", "summarise", "tool_verdict", "write_suite"]
 
 _PROVED = {"unsat", "holds"}
 _FALSIFIED = {"sat", "violated"}
@@ -98,12 +98,22 @@ class ToolAnswer:
     time_s: float | None
 
 
-def read_tool_results(path: str | Path) -> tuple[str, dict[tuple[str, tuple[str, ...]], ToolAnswer]]:
-    """A tool's name (the file's stem) and its answers keyed like :attr:`Instance.key` (property path as stored)."""
+@dataclasses.dataclass(frozen=True)
+class ToolRow:
+    """One row of a tool's results file, as :func:`match` needs it."""
+
+    benchmark: str
+    onnx: str
+    vnnlib: tuple[str, ...]
+    answer: ToolAnswer
+
+
+def read_tool_results(path: str | Path) -> tuple[str, list[ToolRow]]:
+    """A tool's name (the file's stem) and its rows (network file name, property path parts, answer)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"No results file at {str(p)!r}")
-    answers: dict[tuple[str, tuple[str, ...]], ToolAnswer] = {}
+    rows: list[ToolRow] = []
     with p.open(newline="", encoding="utf-8") as f:
         for n, row in enumerate(csv.reader(f), start=1):
             if len(row) < 6:
@@ -114,19 +124,20 @@ def read_tool_results(path: str | Path) -> tuple[str, dict[tuple[str, tuple[str,
                 seconds: float | None = float(row[5])
             except ValueError:
                 seconds = None
-            answers[(PurePosixPath(row[1]).name, _parts(row[2]))] = ToolAnswer(row[4].strip(), tool_verdict(row[4]),
-                                                                              seconds)
-    return p.stem, answers
+            rows.append(ToolRow(row[0].strip(), PurePosixPath(row[1]).name, _parts(row[2]),
+                                ToolAnswer(row[4].strip(), tool_verdict(row[4]), seconds)))
+    return p.stem, rows
 
 
-def match(instance: Instance, answers: dict[tuple[str, tuple[str, ...]], ToolAnswer]) -> ToolAnswer | None:
-    """The tool's answer on ``instance``: same network name, and the instance's property path is a suffix of the
-    tool's (results files name paths from the competition's repository root)."""
+def match(instance: Instance, rows: Sequence[ToolRow], benchmark: str | None = None) -> ToolAnswer | None:
+    """The tool's answer on ``instance``: same network file name, and the instance's property path is a suffix of
+    the tool's (results files name paths from the competition's repository root). Where several rows match, only
+    those of ``benchmark`` (the instance list's folder name) count; an answer that stays ambiguous is None."""
     name, parts = instance.key
-    for (onnx, spec), answer in answers.items():
-        if onnx == name and spec[-len(parts):] == parts:
-            return answer
-    return None
+    found = [r for r in rows if r.onnx == name and r.vnnlib[-len(parts):] == parts]
+    if len(found) > 1 and benchmark is not None:
+        found = [r for r in found if r.benchmark == benchmark]
+    return found[0].answer if len(found) == 1 else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +209,9 @@ def summarise(suite: Suite) -> dict[str, Any]:
                      "decided_by_tool_only": sum(1 for r in suite.results if tool in r.others and
                                                  r.others[tool].verdict is not Verdict.UNKNOWN and
                                                  r.verdict is Verdict.UNKNOWN),
-                     "decided_by_lipaudit_only": sum(1 for r, v in zip(suite.results, theirs, strict=True)
-                                                     if v is Verdict.UNKNOWN and r.verdict is not Verdict.UNKNOWN)}
+                     "decided_by_lipaudit_only": sum(1 for r in suite.results if tool in r.others and
+                                                     r.others[tool].verdict is Verdict.UNKNOWN and
+                                                     r.verdict is not Verdict.UNKNOWN)}
     return out
 
 
@@ -211,7 +223,7 @@ def _median(values: Sequence[float]) -> float | None:
 
 
 def run_suite(
-    instances: Sequence[Instance], verify: Callable[[Instance], Any], tools: dict[str, dict[Any, ToolAnswer]],
+    instances: Sequence[Instance], verify: Callable[[Instance], Any], tools: dict[str, list[ToolRow]],
     *, instances_file: str, threads: int, on_result: Callable[[InstanceResult, int], None] | None = None,
 ) -> Suite:
     """Run ``verify`` (instance → :class:`~lipaudit.certify.bab.VerifyResult`) on every instance in order.
@@ -224,7 +236,8 @@ def run_suite(
     try:
         for inst in instances:
             res = verify(inst)
-            others = {t: a for t, answers in tools.items() if (a := match(inst, answers)) is not None}
+            bench = inst.onnx.parent.name if inst.onnx.parent.name else None
+            others = {t: a for t, rows in tools.items() if (a := match(inst, rows, bench)) is not None}
             row = InstanceResult(inst.onnx_text, inst.vnnlib_text, inst.timeout_s, res.verdict, res.decided_by,
                                  res.time_s, res.domains, res.reason, others)
             suite.results.append(row)

@@ -71,11 +71,11 @@ def _check(seed: int, eps: float, d: int, widths: tuple[int, ...], input_split: 
     opts = BabOptions(timeout_s=20, input_split_max_features=16 if input_split else 0, attack_steps=0)
     res = BranchAndBound(net, (d,), opts).verify(prop)
     truth = "tie" if abs(exact) < TIE else ("verified" if exact > 0 else "falsified")
-    if res.verdict is Verdict.VERIFIED:
-        assert exact > -TIE, f"verified but the MILP minimum margin is {exact}"
+    if res.verdict is Verdict.VERIFIED:  # a proof: the exact minimum is positive, ties included
+        assert exact > 0, f"verified but the MILP minimum margin is {exact}"
         assert _dense_margin(net, prop) > 0
-    if res.verdict is Verdict.FALSIFIED:
-        assert exact < TIE, f"falsified but the MILP minimum margin is {exact}"
+    if res.verdict is Verdict.FALSIFIED:  # a float64 counterexample: the exact minimum is ≤ 0 (MILP feasibility)
+        assert exact < 1e-6, f"falsified but the MILP minimum margin is {exact}"
         cex = res.counterexample
         assert cex is not None and cex.dtype == torch.float64
         assert bool(prop.contains(cex.unsqueeze(0))[0])
@@ -115,6 +115,31 @@ def test_verdicts_agree_with_exact_milp(input_split: bool) -> None:
 @pytest.mark.parametrize("input_split", [False, True], ids=["relu-split", "input-split"])
 def test_verdicts_agree_with_exact_milp_1000_cases(input_split: bool) -> None:
     _oracle_run(500, input_split)
+
+
+@pytest.mark.parametrize("input_split", [False, True], ids=["relu-split", "input-split"])
+def test_general_margins_with_offsets_agree_with_milp(input_split: bool) -> None:
+    """Properties that are not robustness margins: random rows a and offsets b (as VNN-LIB's ``Y_j <= c``)."""
+    decided = {Verdict.VERIFIED: 0, Verdict.FALSIFIED: 0}
+    for seed in range(40):
+        net = _net(seed, 3, (8, 6))
+        gen = torch.Generator().manual_seed(seed + 7)
+        x = torch.rand(3, generator=gen, dtype=torch.float64)
+        a = torch.randn((2, 3), generator=gen, dtype=torch.float64)
+        with torch.no_grad():
+            at_x = (net.double()(x.unsqueeze(0)) @ a.T)[0]
+        b = -at_x + torch.rand(2, generator=gen, dtype=torch.float64) * 2.0  # margins positive at x, b ≠ 0
+        prop = BoxProperty((x - 0.2).clamp(0, 1), (x + 0.2).clamp(0, 1), a, b)
+        exact = min(milp_min_margin(net.float(), prop.lower, prop.upper, a[i], float(b[i])) for i in range(2))
+        opts = BabOptions(timeout_s=20, input_split_max_features=16 if input_split else 0, attack_steps=0)
+        res = BranchAndBound(net.float(), (3,), opts).verify(prop)
+        if res.verdict is Verdict.VERIFIED:
+            assert exact > 0, (seed, exact)
+        elif res.verdict is Verdict.FALSIFIED:
+            assert exact < 1e-6, (seed, exact)
+        if res.verdict is not Verdict.UNKNOWN:
+            decided[res.verdict] += 1
+    assert min(decided.values()) >= 3, decided  # both answers occur: the offsets are exercised both ways
 
 
 def test_bab_decides_what_crown_leaves_open() -> None:

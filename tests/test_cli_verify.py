@@ -123,7 +123,9 @@ def test_instances_table_beside_other_tools_and_contradictions(onnx_net: tuple[n
     label = _label(model, centre)
     _spec(bench / "p0.vnnlib", centre, 0.0001, label)
     _spec(bench / "p1.vnnlib", centre, 0.2, label)
-    (bench / "instances.csv").write_text("mlp.onnx,p0.vnnlib,30\nmlp.onnx,p1.vnnlib,30\n")
+    bad = (bench / "p0.vnnlib").read_text().replace("(assert (or", "(assert (>= Y_0 1))\n(assert (or")
+    (bench / "conj.vnnlib").write_text(bad)  # two output assertions: refused, recorded, the run goes on
+    (bench / "instances.csv").write_text("mlp.onnx,p0.vnnlib,30\nmlp.onnx,conj.vnnlib,30\nmlp.onnx,p1.vnnlib,30\n")
     agree = tmp_path / "agree.csv"
     agree.write_text("b,./b/mlp.onnx,./b/p0.vnnlib,0,UNSAT,1.0\nb,./b/mlp.onnx,./b/p1.vnnlib,0,violated,2.0\n")
     out = tmp_path / "out"
@@ -131,7 +133,8 @@ def test_instances_table_beside_other_tools_and_contradictions(onnx_net: tuple[n
                "--no-progress"])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "verify.json").read_text())
-    assert [r["verdict"] for r in data["instances"]] == ["verified", "falsified"]
+    assert [r["verdict"] for r in data["instances"]] == ["verified", "unknown", "falsified"]
+    assert data["instances"][1]["decided_by"] == "error" and "conjunction" in data["instances"][1]["reason"]
     assert data["summary"]["contradictions"] == 0 and data["summary"]["agree"]["decided"] == 2
     assert data["command"].startswith("lipaudit --threads ") and " verify --instances " in data["command"]
     assert data["command"].endswith(f"--compare {agree} --out {out}")

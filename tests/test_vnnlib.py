@@ -112,6 +112,13 @@ def test_instances_results_and_matching(tmp_path: Path) -> None:
     name, answers = read_tool_results(tmp_path / "tool.csv")
     assert name == "tool"
     first, second = match(items[0], answers), match(items[1], answers)
+    # the same network and property in two benchmarks: ambiguous unless the benchmark names one
+    (tmp_path / "two.csv").write_text("b1,./benchmarks/b1/net.onnx,./benchmarks/b1/specs/p0.vnnlib,1,UNSAT,1\n"
+                                      "b2,./benchmarks/b2/net.onnx,./benchmarks/b2/specs/p0.vnnlib,1,SAT,1\n")
+    _, two = read_tool_results(tmp_path / "two.csv")
+    assert match(items[0], two) is None
+    picked = match(items[0], two, "b2")
+    assert picked is not None and picked.verdict is Verdict.FALSIFIED
     assert first is not None and first.verdict is Verdict.VERIFIED and first.time_s == 2.5
     assert second is not None and second.verdict is Verdict.UNKNOWN
 

@@ -214,8 +214,13 @@ class BranchAndBound:
         self.options = options or BabOptions()
         self.input_shape = tuple(input_shape)
         example = torch.zeros((1, *self.input_shape))
-        self.model = prepare_model(model, example, Norm.LINF)
-        self.model64 = copy.deepcopy(self.model).double()
+        # bounds run on the CPU (auto_LiRPA's module is built there); counterexamples are re-checked on a float64
+        # copy of the model as given (not the copy prepared for auto_LiRPA, whose folded layers round differently)
+        self.model = prepare_model(model, example, Norm.LINF).cpu()
+        try:
+            self.model64 = copy.deepcopy(model).cpu().double().eval()
+        except (RuntimeError, TypeError, AttributeError):  # a module that cannot be copied or cast as a whole
+            self.model64 = copy.deepcopy(self.model).double()
         self.lirpa = load_auto_lirpa()
         opts: dict[str, Any] = {"conv_mode": "matrix", **_compat.alpha_bound_opts()}
         opts["optimize_bound_args"] = {"iteration": self.options.alpha_iterations, "lr_alpha": 0.1,
@@ -312,7 +317,7 @@ class BranchAndBound:
             crown_s = time.perf_counter() - started
         except _BoundFailure as err:
             return done(Verdict.UNKNOWN, "CROWN", reason=f"auto_LiRPA failed: {err}")
-        lb = lb[0] + prop.b.float()
+        lb = lb[0].double() + prop.b.double()  # offsets added in float64: a float32 b can round up
         cex = self._check_counterexample(prop, self._corner_candidates(lo, hi, coef)[0])
         if cex is not None:
             return done(Verdict.FALSIFIED, "CROWN", cex)
@@ -321,7 +326,7 @@ class BranchAndBound:
             return done(Verdict.VERIFIED, "CROWN")
         if deadline.left() <= 0:
             return done(Verdict.UNKNOWN, "CROWN", reason="timeout")
-        by, root_lb, root = "CROWN", lb[open_rows], self._root_state(len(open_rows))
+        by, root_lb, root = "CROWN", lb[open_rows], self._root_state(open_rows)
         # α-CROWN with as many steps as a quarter of the time left allows (one step costs about two CROWN passes)
         steps = min(o.alpha_iterations, int(0.25 * deadline.left() / max(2 * crown_s, 1e-3)))
         if steps >= 2:
@@ -330,8 +335,8 @@ class BranchAndBound:
                 lb_a, _ = self._bound(lo, hi, a[open_rows], method="CROWN-Optimized", iterations=steps)
             except _BoundFailure as err:
                 return done(Verdict.UNKNOWN, by, reason=f"auto_LiRPA failed: {err}")
-            root_lb = torch.maximum(lb_a[0] + prop.b.float()[open_rows], root_lb)
-            root = self._root_state(len(open_rows))
+            root_lb = torch.maximum(lb_a[0].double() + prop.b.double()[open_rows], root_lb)
+            root = self._root_state(list(range(len(open_rows))))
         rows = [(float(v), k) for k, v in enumerate(root_lb.tolist()) if not v > o.margin_tol]
         if not rows:
             return done(Verdict.VERIFIED, by)
@@ -359,13 +364,14 @@ class BranchAndBound:
 
     # ---- ReLU-split BaB ----------------------------------------------------------------------------------------
 
-    def _root_state(self, num_rows: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
-                                                 list[list[torch.Tensor] | None]]:
-        """After a root bound call over ``num_rows`` margins: the pre-activation bounds of every ReLU, and per margin
-        the coefficients of its bound on every ReLU output (for branching; None where auto_LiRPA kept none)."""
+    def _root_state(self, spec_rows: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                       list[list[torch.Tensor] | None]]:
+        """After a root bound call: the pre-activation bounds of every ReLU, and for each of the call's
+        specification rows ``spec_rows`` the coefficients of its bound on every ReLU output (for branching; None
+        where auto_LiRPA kept none)."""
         bounds = [(m.inputs[0].lower.detach().clone(), m.inputs[0].upper.detach().clone()) for m in self.relus]
         coefs: list[list[torch.Tensor] | None] = []
-        for s_ in range(num_rows):
+        for s_ in spec_rows:
             per: list[torch.Tensor] | None = []
             for m in self.relus:
                 la = getattr(m, "lA", None)
@@ -528,7 +534,7 @@ class BranchAndBound:
             for m in self.relus:
                 m.sparse_beta = m.sparse_beta_loc = m.sparse_beta_sign = None
         coefs = self._relu_coefficients(0, n)
-        lbs = (lb[:, 0] + b).tolist()
+        lbs = (lb[:, 0].double() + b).tolist()
         cands = self._corner_candidates(blo, bhi, coef)
         with torch.no_grad():
             g = row_margin(self.model(cands), a, b)
@@ -547,7 +553,7 @@ class BranchAndBound:
     ) -> tuple[Verdict, torch.Tensor | None, str | None]:
         o, a, b = self.options, row.a.float(), float(row.b[0])
         lb, coef = self._bound(lo, hi, a, method="backward")
-        queue = [_Box(lb.item() + b, next(self._order), lo[0], hi[0], coef[0, 0])]
+        queue = [_Box(float(lb[0, 0].double()) + b, next(self._order), lo[0], hi[0], coef[0, 0])]
         max_queue = max(2, int(o.queue_memory_gb * 2**30 / (3 * lo.numel() * 4 + 256)))
         width = min(32, 4 * o.batch_domains)
         while queue:
@@ -577,7 +583,7 @@ class BranchAndBound:
             if bool((g <= 0).any()):
                 return Verdict.FALSIFIED, cands[int(g.argmin())], None
             for k in range(blo.shape[0]):
-                v = float(lbs[k, 0]) + b
+                v = float(lbs[k, 0].double()) + b
                 if not v > o.margin_tol:
                     if float((bhi[k] - blo[k]).max()) <= 0:
                         return Verdict.UNKNOWN, None, "a box shrank to a point with a margin within the tolerance"

@@ -110,7 +110,9 @@ def _run_instances(path: str, compare_files: tuple[str, ...], out: Path, scale: 
                    progress: bool) -> None:
     import torch
 
-    from lipaudit.certify.bab import BabOptions, BranchAndBound
+    from lipaudit.certify.bab import BabOptions, BranchAndBound, VerifyResult
+    from lipaudit.certify.spec import Verdict
+    from lipaudit.errors import LipauditError, first_line
     from lipaudit.load import load_model
     from lipaudit.vnncomp import read_instances, read_tool_results, run_suite, write_suite
     from lipaudit.vnnlib import read_vnnlib, result_text
@@ -123,14 +125,20 @@ def _run_instances(path: str, compare_files: tuple[str, ...], out: Path, scale: 
     spent: list[float] = []
 
     def one(inst: Any) -> Any:
-        if inst.onnx not in engines:
-            loaded = load_model(inst.onnx)
-            shape = tuple(loaded.input_shape) if loaded.input_shape else None
-            engines[inst.onnx] = (BranchAndBound(loaded.module, shape or (0,), BabOptions()), shape)
-        bab, shape = engines[inst.onnx]
-        prop = read_vnnlib(inst.vnnlib, shape)
+        parts = [p for p in Path(inst.vnnlib_text).with_suffix("").parts if p not in (".", "..")]
+        name = f"{Path(inst.onnx_text).stem}__{'_'.join(parts)}.txt"
+        try:
+            if inst.onnx not in engines:
+                loaded = load_model(inst.onnx)
+                shape = tuple(loaded.input_shape) if loaded.input_shape else None
+                engines[inst.onnx] = (BranchAndBound(loaded.module, shape or (0,), BabOptions()), shape)
+            bab, shape = engines[inst.onnx]
+            prop = read_vnnlib(inst.vnnlib, shape)
+        except LipauditError as err:  # one instance lipaudit cannot run (a refused property, an unloadable net)
+            res = VerifyResult(Verdict.UNKNOWN, "error", 0.0, reason=first_line(err))
+            (out / "results" / name).write_text("unknown\n", encoding="utf-8")
+            return res
         res = bab.verify(prop, timeout_s=budget[len(spent)])
-        name = f"{Path(inst.onnx_text).stem}__{Path(inst.vnnlib_text).stem}.txt"
         (out / "results" / name).write_text(result_text(res.verdict.competition_word, res.counterexample,
                                                         _outputs(bab, res)), encoding="utf-8")
         return res
@@ -162,10 +170,11 @@ def _run_instances(path: str, compare_files: tuple[str, ...], out: Path, scale: 
     click.echo(f"lipaudit: {ours['verified']} unsat, {ours['falsified']} sat, {ours['unknown']} unknown of "
                f"{len(suite.results)} instances; {summary['contradictions']} contradiction(s); wrote {html_path} "
                f"and {json_path}", err=True)
+    if not suite.complete:
+        click.echo(f"lipaudit: interrupted after {len(suite.results)} of {suite.total} instances", err=True)
     if summary["contradictions"]:
         click.echo("lipaudit: soundness: an answer contradicts another tool's decided answer (see the report)",
                    err=True)
         sys.exit(3)
     if not suite.complete:
-        click.echo(f"lipaudit: interrupted after {len(suite.results)} of {suite.total} instances", err=True)
         sys.exit(130)
