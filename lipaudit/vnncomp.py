@@ -150,7 +150,7 @@ class InstanceResult:
     verdict: Verdict
     decided_by: str
     time_s: float
-    domains: int
+    domains: int | None  # None: not recorded
     reason: str | None
     others: dict[str, ToolAnswer]
 
