@@ -567,18 +567,19 @@ def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, i
         k = int(model(x[:1]).shape[1])
     chosen = set(idx.tolist())
     ascending = sorted(set(config.eps))  # a counterexample carries over to every larger ε
-    todo_per_eps = []
+    certified_before, todo_per_eps = [], []
     for eps in ascending:
         key = eps_key(eps)
-        done = torch.zeros(st.n, dtype=torch.bool)
+        certified_any = torch.zeros(st.n, dtype=torch.bool)
         for flags in st.certified.get(key, {}).values():
-            done |= flags.cpu()
-        done |= st.worst_attacked.get(key, torch.zeros(st.n, dtype=torch.bool)).cpu()
+            certified_any |= flags.cpu()
+        done = certified_any | st.worst_attacked.get(key, torch.zeros(st.n, dtype=torch.bool)).cpu()
+        certified_before.append(certified_any)
         todo_per_eps.append([i for i in range(st.n) if i in chosen and not bool(done[i])])
     total, finished = sum(len(t) for t in todo_per_eps), 0
     rows = []
     falsified_before = torch.zeros(st.n, dtype=torch.bool)
-    for eps, todo in zip(ascending, todo_per_eps, strict=True):
+    for eps, todo, certified_any in zip(ascending, todo_per_eps, certified_before, strict=True):
         key = eps_key(eps)
         verified = torch.zeros(st.n, dtype=torch.bool)
         falsified = falsified_before.clone()  # a counterexample at a smaller ε lies in every larger ball
@@ -595,9 +596,6 @@ def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, i
                 falsified[i] = res.verdict is Verdict.FALSIFIED
             finished += 1
             progress("BaB", finished, total)
-        certified_any = torch.zeros(st.n, dtype=torch.bool)
-        for flags in st.certified.get(key, {}).values():
-            certified_any |= flags.cpu()
         st.certified.setdefault(key, {})[BAB] = certified_any | verified  # complete: includes what bounds proved
         st.falsified[key] = falsified
         falsified_before = falsified

@@ -260,14 +260,10 @@ class BranchAndBound:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower bounds of ``a @ f`` over a batch of boxes (n, m) and the lower bound's coefficients on the input
         (n, m, *input)."""
-        n = lo.shape[0]
-        c = a.unsqueeze(0).expand(n, -1, -1).to(lo) if a.dim() == 2 else a.to(lo)
+        x, c = self._boxed(lo, hi, a)
         self.bounded.set_bound_opts({"optimize_bound_args": {
             "enable_beta_crown": beta, "iteration": iterations or self.options.alpha_iterations, "lr_beta": lr_beta,
             "fix_intermediate_layer_bounds": True}})
-        centre = (lo + hi) / 2
-        ptb = self.lirpa.PerturbationLpNorm(norm=math.inf, eps=float((hi - lo).max()) / 2, x_L=lo, x_U=hi)
-        x = self.lirpa.BoundedTensor(centre, ptb)
         grad = torch.enable_grad() if method == "CROWN-Optimized" else torch.no_grad()
         with grad, _deep_recursion(), _quiet():
             try:
@@ -277,7 +273,14 @@ class BranchAndBound:
             except LIRPA_ERRORS as err:
                 raise _BoundFailure(first_line(err) or type(err).__name__) from err
         coef = a_dict[self.final_name][self.input_name]["lA"]
-        return lower.detach(), coef.detach().reshape(n, c.shape[1], *lo.shape[1:])
+        return lower.detach(), coef.detach().reshape(lo.shape[0], c.shape[1], *lo.shape[1:])
+
+    def _boxed(self, lo: torch.Tensor, hi: torch.Tensor, a: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """The batch of boxes as auto_LiRPA's bounded input, and the margin rows ``a`` as its specification
+        (n, m, K)."""
+        ptb = self.lirpa.PerturbationLpNorm(norm=math.inf, eps=float((hi - lo).max()) / 2, x_L=lo, x_U=hi)
+        c = a.unsqueeze(0).expand(lo.shape[0], -1, -1).to(lo)
+        return self.lirpa.BoundedTensor((lo + hi) / 2, ptb), c
 
     def _corner_candidates(self, lo: torch.Tensor, hi: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """The minimisers over each box of the linear lower bounds (n, m, ...) → one candidate per box (n, ...)."""
@@ -396,11 +399,9 @@ class BranchAndBound:
         queue: list[_Domain] = [root]
         exhausted, width = 0, min(2, o.batch_domains)
         while queue:
-            if deadline.left() <= 0:
-                return Verdict.UNKNOWN, None, "timeout"
-            if len(queue) > max_queue:
-                return Verdict.UNKNOWN, None, "queue memory bound"
-            batch = [heapq.heappop(queue) for _ in range(min(width, len(queue)))]
+            batch, stop = _take(queue, width, max_queue, deadline)
+            if stop is not None:
+                return Verdict.UNKNOWN, None, stop
             started = time.perf_counter()
             children: list[tuple[_Domain, int, int, float]] = []
             final: list[tuple[_Domain, int, int, float]] = []
@@ -465,9 +466,7 @@ class BranchAndBound:
         """Pre-activation bounds of the children recomputed by CROWN from their split-clamped parents' (the
         tighter of the two per neuron), so that a split also tightens the layers after it."""
         first = self.relus[0].inputs[0].name
-        ptb = self.lirpa.PerturbationLpNorm(norm=math.inf, eps=float((hi - lo).max()) / 2, x_L=lo, x_U=hi)
-        x = self.lirpa.BoundedTensor((lo + hi) / 2, ptb)
-        c = a.unsqueeze(0).expand(lo.shape[0], -1, -1).to(lo)
+        x, c = self._boxed(lo, hi, a)
         with torch.no_grad(), _deep_recursion(), _quiet():
             try:
                 self.bounded.compute_bounds(x=(x,), C=c, method="backward", bound_upper=False,
@@ -557,14 +556,12 @@ class BranchAndBound:
         max_queue = max(2, int(o.queue_memory_gb * 2**30 / (3 * lo.numel() * 4 + 256)))
         width = min(32, 4 * o.batch_domains)
         while queue:
-            if deadline.left() <= 0:
-                return Verdict.UNKNOWN, None, "timeout"
-            if len(queue) > max_queue:
-                return Verdict.UNKNOWN, None, "queue memory bound"
-            batch = [heapq.heappop(queue) for _ in range(min(width, len(queue)))]
+            boxes, stop = _take(queue, width, max_queue, deadline)
+            if stop is not None:
+                return Verdict.UNKNOWN, None, stop
             started = time.perf_counter()
             los, his = [], []
-            for box in batch:
+            for box in boxes:
                 extent = (box.upper - box.lower).reshape(-1)
                 score = extent * (box.coef.abs().reshape(-1) + 1e-3)
                 d = int(score.argmax())
@@ -593,6 +590,15 @@ class BranchAndBound:
             if progress is not None:
                 progress(counter["domains"], len(queue))
         return Verdict.VERIFIED, None, None
+
+
+def _take(queue: list[Any], width: int, max_queue: int, deadline: _Deadline) -> tuple[list[Any], str | None]:
+    """Up to ``width`` lowest-bound sub-domains off the queue, or the reason to stop (time-out, queue bound)."""
+    if deadline.left() <= 0:
+        return [], "timeout"
+    if len(queue) > max_queue:
+        return [], "queue memory bound"
+    return [heapq.heappop(queue) for _ in range(min(width, len(queue)))], None
 
 
 def _next_width(width: int, took: float, deadline: _Deadline, most: int) -> int:
