@@ -8,7 +8,7 @@ from torch import nn
 
 def train_on_mnist(model: nn.Module, steps: int, lr: float) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """``steps`` Adam steps on batches of 64 (seeded), then the model in eval mode and the test inputs and labels."""
-    from lipaudit.data import load_data
+    from lipaudit.io.data import load_data
 
     data = load_data("mnist", split="train")
     test = load_data("mnist", split="test")

@@ -69,7 +69,7 @@ def bench_direct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: in
 
 def bench_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
     from lipaudit.attacks import minimal_adversarial_radius
-    from lipaudit.lipschitz import lipschitz_radius
+    from lipaudit.lipschitz.upper import lipschitz_radius
 
     rows = ["| norm | brackets | mean bound computations / sample | mean radius | time s |", "|---|---|---|---|---|"]
     for norm in (Norm.LINF, Norm.L2):

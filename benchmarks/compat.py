@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from benchmarks.archs import MODELS
-from lipaudit.audit import AuditConfig, default_methods, run_audit
-from lipaudit.load import load_model
+from lipaudit.audit.run import AuditConfig, default_methods, run_audit
+from lipaudit.io.load import load_model
 from lipaudit.zoo import small_cnn
 
 EPS = 2 / 255

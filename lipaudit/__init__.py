@@ -14,16 +14,16 @@ __version__ = "0.1.0"
 # Public names → the module defining them. They are imported on first use (PEP 562), so that `import lipaudit`
 # and `lipaudit --help` / `--version` do not import torch.
 _EXPORTS: dict[str, str] = {
-    "Dataset": "lipaudit.data", "load_data": "lipaudit.data",
+    "Dataset": "lipaudit.io.data", "load_data": "lipaudit.io.data",
     "DataError": "lipaudit.errors", "LipauditError": "lipaudit.errors", "MissingDependencyError": "lipaudit.errors",
     "ModelLoadError": "lipaudit.errors", "ShapeError": "lipaudit.errors", "SoundnessViolation": "lipaudit.errors",
     "UnsafePickleError": "lipaudit.errors", "UnsupportedLayerError": "lipaudit.errors",
     "UsageError": "lipaudit.errors",
     "Graph": "lipaudit.graph", "Node": "lipaudit.graph", "trace": "lipaudit.graph",
-    "LipschitzReport": "lipaudit.lipschitz", "empirical_lipschitz": "lipaudit.lipschitz",
-    "lipschitz_radius": "lipaudit.lipschitz", "lipschitz_report": "lipaudit.lipschitz",
-    "margin_lipschitz": "lipaudit.lipschitz", "network_lipschitz": "lipaudit.lipschitz",
-    "LoadedModel": "lipaudit.load", "load_model": "lipaudit.load", "parse_input_shape": "lipaudit.load",
+    "LipschitzReport": "lipaudit.lipschitz.upper", "empirical_lipschitz": "lipaudit.lipschitz.upper",
+    "lipschitz_radius": "lipaudit.lipschitz.upper", "lipschitz_report": "lipaudit.lipschitz.upper",
+    "margin_lipschitz": "lipaudit.lipschitz.upper", "network_lipschitz": "lipaudit.lipschitz.upper",
+    "LoadedModel": "lipaudit.io.load", "load_model": "lipaudit.io.load", "parse_input_shape": "lipaudit.io.load",
     "Normalize": "lipaudit.modules",
     "LayerNorm": "lipaudit.norms", "SUPPORTED_LINEAR": "lipaudit.norms", "l2_bracket": "lipaudit.norms",
     "layer_norms": "lipaudit.norms", "operator_norm": "lipaudit.norms",
@@ -106,7 +106,6 @@ if TYPE_CHECKING:  # the static view of the same names
         evaluate_attacks,
         minimal_adversarial_radius,
     )
-    from lipaudit.data import Dataset, load_data
     from lipaudit.errors import (
         DataError,
         LipauditError,
@@ -119,7 +118,9 @@ if TYPE_CHECKING:  # the static view of the same names
         UsageError,
     )
     from lipaudit.graph import Graph, Node, trace
-    from lipaudit.lipschitz import (
+    from lipaudit.io.data import Dataset, load_data
+    from lipaudit.io.load import LoadedModel, load_model, parse_input_shape
+    from lipaudit.lipschitz.upper import (
         LipschitzReport,
         empirical_lipschitz,
         lipschitz_radius,
@@ -127,7 +128,6 @@ if TYPE_CHECKING:  # the static view of the same names
         margin_lipschitz,
         network_lipschitz,
     )
-    from lipaudit.load import LoadedModel, load_model, parse_input_shape
     from lipaudit.modules import Normalize
     from lipaudit.norms import SUPPORTED_LINEAR, LayerNorm, l2_bracket, layer_norms, operator_norm
     from lipaudit.types import Method, Norm

@@ -426,7 +426,7 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Graph:
     shape = _check_shape(input_shape)
     if not isinstance(model, nn.Module):
         raise UsageError(f"Expected a torch.nn.Module but got {type(model).__name__}")
-    from lipaudit.exported import from_aten, from_torchscript, is_aten_graph
+    from lipaudit.io.exported import from_aten, from_torchscript, is_aten_graph
 
     if isinstance(model, torch.jit.ScriptModule):
         model = from_torchscript(model, _example_input(model, shape))

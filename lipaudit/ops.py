@@ -13,7 +13,7 @@ target of a traced graph (``FUNCTION_OPS``). Its :class:`OpKind` says how the st
   number; every other stage (norm table, attacks, certification) still runs.
 
 Graph-level ops (constant affine maps, re-indexing, concatenation, products of activations) are node kinds of
-:mod:`lipaudit.graph`; their constants live in :mod:`lipaudit.lipschitz`.
+:mod:`lipaudit.graph`; their constants live in :mod:`lipaudit.lipschitz.upper`.
 
 A subclass of a registered type is matched only when it keeps its parent's ``forward``: a subclass that computes
 something else must never receive the parent's constant.

@@ -15,7 +15,7 @@ from lipaudit.norms import layer_norms
 from lipaudit.types import Method, Norm
 from proofs.bounds import certify_ibp
 from proofs.checks import attack_successes, lirpa_margins
-from proofs.demo import Claim, ProofOptions, RobustDemo
+from proofs.common import Claim, ProofOptions, RobustDemo, synthetic_2d
 from proofs.rescale import RescalePair, rescale_to_factor
 
 __all__ = ["RescaleDemo", "RescaleRow", "product_of_norms", "rescale_demo", "rescale_demos"]
@@ -166,6 +166,4 @@ def rescale_demos(
 
 
 def _synthetic(opts: ProofOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    from proofs.demo import synthetic_2d
-
     return synthetic_2d(60 if opts.quick else opts.synthetic_n)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lipaudit.results import AccuracyRow, AuditResult, FlagRecord, SampleRecord, eps_key
+from lipaudit.audit.result import AccuracyRow, AuditResult, FlagRecord, SampleRecord, eps_key
 
 
 def synthetic_result(n: int = 6, eps: tuple[float, ...] = (0.05, 0.1)) -> AuditResult:

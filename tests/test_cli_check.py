@@ -13,8 +13,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from lipaudit.audit.result import AuditResult
 from lipaudit.cli import main
-from lipaudit.results import AuditResult
 from tests.test_report import EXTERNAL
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "validate_audit_json.py"
@@ -24,7 +24,7 @@ ARCH_KWARGS = {"in_features": 64, "hidden": [24], "num_classes": 10}
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MLP trained for a moment on scikit-learn's digits, saved as a lipaudit checkpoint."""
-    from lipaudit.data import load_data
+    from lipaudit.io.data import load_data
     from lipaudit.train.loop import save_checkpoint
     from lipaudit.zoo import mlp
 
@@ -68,7 +68,7 @@ def test_check_writes_a_valid_report_and_json(digits_model: Path, tmp_path: Path
             assert s["radius_certified"]["CROWN"] is not None
     text = html.read_text()
     assert "Robustness audit" in text and not EXTERNAL.search(text)
-    from lipaudit.validate import validate_files
+    from lipaudit.audit.validate import validate_files
 
     assert validate_files(js, html) == []
     if SHARED.exists():  # the invariant checker beside the repository, where there is one

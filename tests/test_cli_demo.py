@@ -39,7 +39,7 @@ def test_reproduce_quick_grid(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     """`lipaudit demo --quick` as a user runs it: both reports complete, their Reproduce lines name the demo."""
-    from lipaudit.validate import validate_files
+    from lipaudit.audit.validate import validate_files
 
     res = run(["demo", "--quick", "--out", str(tmp_path), "--no-progress"])
     assert res.exit_code == 0, res.output

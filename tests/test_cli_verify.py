@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lipaudit.validate import problems
+from lipaudit.audit.validate import problems
 from tests.test_cli_check import digits_model, run  # noqa: F401  (fixture)
 
 pytest.importorskip("onnx")

@@ -99,7 +99,7 @@ def filters_unchanged() -> str:
     import logging
     import warnings
 
-    import lipaudit.audit  # noqa: F401 - everything that may use certification, imported without auto_LiRPA
+    import lipaudit.audit.run  # noqa: F401 - everything that may use certification, imported without auto_LiRPA
 
     if "auto_LiRPA" in sys.modules:
         return "auto_LiRPA was imported before it was needed"

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lipaudit.crosscheck import ordering_violations, soundness_violations
+from lipaudit.audit.crosscheck import ordering_violations, soundness_violations
 
 
 @given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=12))

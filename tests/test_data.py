@@ -1,4 +1,4 @@
-"""Tests of lipaudit.data: built-in sets are real and split deterministically; user formats; every check fires."""
+"""Tests of lipaudit.io.data: built-in sets are real and split deterministically; user formats; every check fires."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lipaudit import data as data_module
-from lipaudit.data import load_data, stratified_subset
 from lipaudit.errors import DataError, MissingDependencyError, UsageError
+from lipaudit.io import data as data_module
+from lipaudit.io.data import load_data, stratified_subset
 
 
 def _rows(x: torch.Tensor) -> set[bytes]:

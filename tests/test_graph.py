@@ -132,7 +132,7 @@ def test_shared_module_gets_unique_names() -> None:
 
 
 def test_unknown_module_becomes_an_opaque_node_named_by_path_and_type() -> None:
-    from lipaudit.lipschitz import UnavailableBound, network_lipschitz
+    from lipaudit.lipschitz.upper import UnavailableBound, network_lipschitz
 
     model = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1)))
     graph = trace(model, (4,))
@@ -153,7 +153,7 @@ def test_unknown_function_becomes_an_opaque_node() -> None:
 
 
 def test_product_of_activations_is_unbounded() -> None:
-    from lipaudit.lipschitz import UnboundedNetwork, lipschitz_report
+    from lipaudit.lipschitz.upper import UnboundedNetwork, lipschitz_report
 
     class Gate(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +162,7 @@ def test_product_of_activations_is_unbounded() -> None:
     graph = trace(Gate(), (3,))
     assert [n.kind for n in graph.nodes] == ["input", "function", "product", "output"]
     with pytest.raises(UnboundedNetwork, match="product of two activations"):
-        from lipaudit.lipschitz import network_lipschitz
+        from lipaudit.lipschitz.upper import network_lipschitz
 
         network_lipschitz(Gate(), (3,), "2")
     report = lipschitz_report(Gate(), (3,), "2", torch.rand(4, 3), torch.zeros(4, dtype=torch.long))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from lipaudit.validate import problems
+from lipaudit.audit.validate import problems
 from tests.test_cli_check import digits_model, run  # noqa: F401  (fixture re-used)
 
 
@@ -131,9 +131,9 @@ def test_reproduce_line_round_trips_eps(digits_model: Path, tmp_path: Path) -> N
 
 
 def test_audit_leaves_the_callers_mode(digits_model: Path) -> None:  # noqa: F811
-    from lipaudit.audit import AuditConfig, run_audit
-    from lipaudit.data import load_data
-    from lipaudit.load import load_model
+    from lipaudit.audit.run import AuditConfig, run_audit
+    from lipaudit.io.data import load_data
+    from lipaudit.io.load import load_model
     from lipaudit.types import Method, Norm
 
     model = load_model(digits_model).module
@@ -215,9 +215,9 @@ def test_attack_budget_follows_measured_cost_and_says_so(digits_model: Path, tmp
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """With --attack-steps auto, a model whose passes are (made) slow gets fewer steps and targets, an info flag
     naming what was left out, and a Reproduce line with the budget that ran."""
-    import lipaudit.audit
+    import lipaudit.audit.run
 
-    monkeypatch.setattr(lipaudit.audit, "measure_pass", lambda *a, **k: 0.05)
+    monkeypatch.setattr(lipaudit.audit.run, "measure_pass", lambda *a, **k: 0.05)
     html = tmp_path / "r.html"
     res = run(["check", str(digits_model), "--data", "digits", "--n", "8", "--eps", "0.02,0.05,0.1", "--methods", "ibp",
                "-o", str(html), "--no-progress"])

@@ -1,4 +1,4 @@
-"""Tests of lipaudit.lipschitz: hand-computed cases, dense-matrix oracles, soundness by sampling and by attack."""
+"""Tests of lipaudit.lipschitz.upper: hand-computed cases, dense-matrix oracles, soundness by sampling and by attack."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lipaudit.errors import UnsupportedLayerError, UsageError
-from lipaudit.lipschitz import (
+from lipaudit.lipschitz.upper import (
     ACTIVATION_CONSTANTS,
     GELU_CONSTANT,
     empirical_lipschitz,
@@ -355,7 +355,7 @@ def test_report_to_dict_is_json_ready() -> None:
 
 
 def test_lipschitz_margin_certificate() -> None:
-    from lipaudit.certify.lipschitz_margin import lipschitz_certify
+    from lipaudit.lipschitz.certificate import lipschitz_certify
 
     model = tiny_cnn(input_size=6).eval()
     x = torch.rand(6, 1, 6, 6)
@@ -372,7 +372,7 @@ def test_lipschitz_margin_certificate() -> None:
 
 @pytest.mark.parametrize("chunk", [2, 64])
 def test_lower_bound_covers_every_point_jacobian(chunk: int) -> None:
-    from lipaudit.lipschitz_lower import _lower_bounds
+    from lipaudit.lipschitz.lower import _lower_bounds
 
     model = tiny_cnn(input_size=6).double().eval()
     x = torch.rand(5, 1, 6, 6, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Tests of lipaudit.load: every format round-trips, pickles are refused without running them, clear errors."""
+"""Tests of lipaudit.io.load: every format round-trips, pickles are refused without running them, clear errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lipaudit.errors import ModelLoadError, UnsafePickleError, UsageError
-from lipaudit.load import build_arch, load_model, parse_input_shape, wrap_module
+from lipaudit.io.load import build_arch, load_model, parse_input_shape, wrap_module
 from lipaudit.modules import Normalize
 from lipaudit.zoo import mlp, tiny_cnn
 

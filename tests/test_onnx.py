@@ -14,7 +14,7 @@ from lipaudit.errors import MissingDependencyError
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 try:  # onnx2torch imports torchvision, which needs lipaudit's import beside a CPU torch
-    from lipaudit.onnx_model import import_torchvision
+    from lipaudit.io.onnx_model import import_torchvision
 
     import_torchvision()
 except MissingDependencyError as err:
@@ -22,7 +22,7 @@ except MissingDependencyError as err:
 pytest.importorskip("onnx2torch")
 
 from lipaudit.errors import ModelLoadError
-from lipaudit.load import load_model
+from lipaudit.io.load import load_model
 from lipaudit.norms import layer_norms
 from lipaudit.zoo import small_cnn
 from tests.test_cli_check import run
@@ -96,8 +96,8 @@ def test_corrupt_or_mismatching_onnx_is_refused(cnn_onnx: tuple[torch.nn.Module,
     bad.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ModelLoadError, match="ONNX"):
         load_model(bad)
-    import lipaudit.onnx_model
+    import lipaudit.io.onnx_model
 
-    monkeypatch.setattr(lipaudit.onnx_model, "_check_against_onnxruntime", lambda *a, **k: 0.5)
+    monkeypatch.setattr(lipaudit.io.onnx_model, "_check_against_onnxruntime", lambda *a, **k: 0.5)
     with pytest.raises(ModelLoadError, match="differs from onnxruntime"):
         load_model(path)

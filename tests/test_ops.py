@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lipaudit.graph import trace
-from lipaudit.lipschitz import UnavailableBound, UnboundedNetwork, lipschitz_report, network_lipschitz
+from lipaudit.lipschitz.upper import UnavailableBound, UnboundedNetwork, lipschitz_report, network_lipschitz
 from lipaudit.norms import RULES
 from lipaudit.ops import MODULE_OPS, OpKind, activation_constant, op_for_module, registered_type
 from lipaudit.types import Norm
@@ -312,7 +312,7 @@ class _CatSiLU(nn.Module):
 def test_audit_runs_every_stage_it_can(model_cls: type[nn.Module], status: str, layers: list[str]) -> None:
     """An op without a global bound or without a rule stops no stage: the audit is complete, the attacks ran, the
     norm table lists the linear layers, and the Lipschitz status names the node."""
-    from lipaudit.audit import AuditConfig, run_audit
+    from lipaudit.audit.run import AuditConfig, run_audit
     from lipaudit.types import Method
 
     torch.manual_seed(0)
@@ -338,7 +338,7 @@ def test_audit_runs_every_stage_it_can(model_cls: type[nn.Module], status: str, 
 
 def test_torchvision_stochastic_depth_is_the_identity_in_eval_mode() -> None:
     from lipaudit.errors import MissingDependencyError
-    from lipaudit.onnx_model import import_torchvision
+    from lipaudit.io.onnx_model import import_torchvision
 
     try:
         tv = import_torchvision()

@@ -67,7 +67,7 @@ def test_fmt() -> None:
 
 
 def test_written_report_passes_the_validator(tmp_path: Path) -> None:
-    from lipaudit.validate import validate_files
+    from lipaudit.audit.validate import validate_files
 
     result = synthetic_result()
     result.save(tmp_path / "r.json")

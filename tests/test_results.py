@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lipaudit.audit.result import AuditResult, atomic_write_text, check_writable, eps_key
 from lipaudit.errors import DataError, UsageError
-from lipaudit.results import AuditResult, atomic_write_text, check_writable, eps_key
 from tests.audit_fixtures import synthetic_result
 
 KEYS = ["schema_version", "model", "threat_model", "layers", "lipschitz", "accuracy", "samples", "flags", "timing"]
@@ -86,6 +86,6 @@ def test_check_writable_rejects_read_only_folder(tmp_path: Path, monkeypatch: py
     def read_only(*args: object, **kwargs: object) -> tuple[int, str]:
         raise PermissionError(30, "Read-only file system")
 
-    monkeypatch.setattr("lipaudit.results.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("lipaudit.audit.result.tempfile.mkstemp", read_only)
     with pytest.raises(UsageError, match="not writable"):
         check_writable(tmp_path / "r.html")

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from lipaudit.cli import main
-from lipaudit.data import Dataset, load_data
 from lipaudit.errors import DataError, UsageError
-from lipaudit.load import load_model
+from lipaudit.io.data import Dataset, load_data
+from lipaudit.io.load import load_model
 from lipaudit.modules import Normalize
 from lipaudit.train.adversarial import AdversarialConfig
 from lipaudit.train.loop import TrainConfig, parse_norm_decay, parse_svc, save_checkpoint, train_model

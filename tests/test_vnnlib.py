@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from lipaudit.certify.spec import Verdict
 from lipaudit.errors import UsageError
+from lipaudit.io.vnnlib import parse_vnnlib, read_vnnlib, result_text
 from lipaudit.vnncomp import InstanceResult, Suite, ToolAnswer, match, read_instances, read_tool_results, summarise
-from lipaudit.vnnlib import parse_vnnlib, read_vnnlib, result_text
 
 
 def _robustness_text(lo: list[float], hi: list[float], label: int, k: int, flipped: bool = False) -> str:

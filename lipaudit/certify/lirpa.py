@@ -192,13 +192,13 @@ def _folded_normalize(layer: Normalize) -> nn.Conv2d:
 def prepare_model(model: nn.Module, x: torch.Tensor, norm: Norm) -> nn.Module:
     """A copy of ``model`` in eval mode without gradients, ready for auto_LiRPA.
 
-    A TorchScript module is first converted to a graph of real layers (:func:`lipaudit.exported.from_torchscript`).
+    A TorchScript module is first converted to a graph of real layers (:func:`lipaudit.io.exported.from_torchscript`).
     Dropout becomes Identity; on image inputs every :class:`~lipaudit.modules.Normalize` is folded into an equal
     1×1 convolution (equal up to float rounding); for ℓ2/ℓ1 an exact identity map is prepended where the installed
     auto_LiRPA needs it (see ``lp_input_guard`` in :mod:`lipaudit.certify._compat`).
     """
     if isinstance(model, torch.jit.ScriptModule):  # auto_LiRPA cannot bound TorchScript: convert it to a graph
-        from lipaudit.exported import from_torchscript
+        from lipaudit.io.exported import from_torchscript
 
         example = torch.rand((2, *x.shape[1:]), generator=torch.Generator().manual_seed(0)).to(x)
         model = from_torchscript(model, example)  # UnsupportedLayerError with the converter's reason otherwise

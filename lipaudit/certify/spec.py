@@ -4,7 +4,7 @@ A :class:`BoxProperty` says: for every input ``x`` with ``lower ≤ x ≤ upper`
 ``g_i(x) = a_i · f(x) + b_i`` is strictly positive. It is *violated* by any ``x`` in the box with some
 ``g_i(x) ≤ 0``. A classifier's robustness at ``x₀`` with label ``y`` is the property with rows ``a_i = e_y − e_j``
 for ``j ≠ y``, ``b = 0``, over the ℓ∞ ball ∩ [0, 1]; a VNN-LIB file with a disjunction of output constraints is the
-same shape (see :mod:`lipaudit.vnnlib`).
+same shape (see :mod:`lipaudit.io.vnnlib`).
 """
 
 from __future__ import annotations

@@ -74,8 +74,8 @@ def model_options(func: F) -> F:
 
 def load_from_options(path: str, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None,
                       device: str) -> Any:
-    """Load the model named on the command line (see :func:`lipaudit.load.load_model`)."""
-    from lipaudit.load import load_model
+    """Load the model named on the command line (see :func:`lipaudit.io.load.load_model`)."""
+    from lipaudit.io.load import load_model
 
     if device == "cuda":
         import torch
@@ -127,7 +127,7 @@ def shape_option(required: bool) -> Callable[[F], F]:
 
 def parse_shape(text: str | None, fallback: Sequence[int] | None) -> tuple[int, ...]:
     """The input shape from ``--input-shape`` or, when absent, the one stored with the model."""
-    from lipaudit.load import parse_input_shape
+    from lipaudit.io.load import parse_input_shape
 
     if text is not None:
         return parse_input_shape(text)

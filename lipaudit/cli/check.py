@@ -31,7 +31,7 @@ def model_info(loaded: Any, input_shape: tuple[int, ...], num_classes: int) -> d
 
 
 def _methods(text: str | None, model: Any, input_shape: tuple[int, ...]) -> tuple[tuple[Method, ...], Method | None]:
-    from lipaudit.audit import default_methods
+    from lipaudit.audit.run import default_methods
 
     if text is None or text == "auto":
         return default_methods(model, input_shape)
@@ -136,7 +136,7 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: str | None, s
     (no report), 2 usage error, 3 soundness violation (a certified sample was attacked), 4 below a --fail-under bar,
     5 partial (a stage failed; the report says which), 130 interrupted (a partial report is written).
     """
-    from lipaudit.results import check_writable
+    from lipaudit.audit.result import check_writable
 
     norm = Norm.parse(norm_text)
     eps = parse_eps_list(eps_text if eps_text is not None else DEFAULT_EPS[norm])
@@ -264,8 +264,8 @@ def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str 
     """Load the model and data, then run the audit (shared by ``check`` and ``demo``)."""
     import torch
 
-    from lipaudit.audit import AuditConfig, run_audit
-    from lipaudit.data import load_data
+    from lipaudit.audit.run import AuditConfig, run_audit
+    from lipaudit.io.data import load_data
 
     torch.manual_seed(seed)
     loaded = load_from_options(model, arch, unsafe_pickle, mean, std, device)

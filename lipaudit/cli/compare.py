@@ -34,10 +34,10 @@ def compare(models: tuple[str, ...], arch: str | None, unsafe_pickle: bool, mean
     Each MODEL is a model file (audited here with the same data, norm and ε; an audit JSON is written next to the
     comparison) or a `lipaudit check` JSON file (used as it is, nothing recomputed).
     """
+    from lipaudit.audit.result import AuditResult, check_writable
     from lipaudit.cli.check import DEFAULT_EPS, audit_model
     from lipaudit.errors import UsageError
     from lipaudit.report.compare import write_comparison
-    from lipaudit.results import AuditResult, check_writable
     from lipaudit.types import Norm
 
     target = check_writable(output)

@@ -48,7 +48,7 @@ def demo(out: str, epochs: int | None, n_train: int | None, n: int | None, attac
     nothing to download: about 3 minutes on 2 idle cores, under 2 with --quick. Open OUT/index.html afterwards.
     Ctrl-C stops the demo; the reports that finished stay."""
     from lipaudit.cli._pipeline import train_and_audit
-    from lipaudit.data import load_data
+    from lipaudit.io.data import load_data
     from lipaudit.report.compare import write_comparison
     from lipaudit.train.adversarial import AdversarialConfig, AdvMethod
     from lipaudit.train.loop import TrainConfig

@@ -44,7 +44,7 @@ def norms(model: str, input_shape: str | None, arch: str | None, unsafe_pickle: 
     MODEL is a TorchScript / torch.export file, a lipaudit checkpoint, or a state_dict / safetensors file with
     --arch. Example: lipaudit norms model.pt --arch lipaudit.zoo:small_cnn --input-shape 1,28,28
     """
-    from lipaudit.lipschitz import lipschitz_report
+    from lipaudit.lipschitz.upper import lipschitz_report
     from lipaudit.norms import layer_norms
 
     loaded = load_from_options(model, arch, unsafe_pickle, mean, std, device)

@@ -86,7 +86,7 @@ def prove(out: str, model: str | None, input_shape: str | None, arch: str | None
         user_shape = parse_shape(input_shape, model_input_shape(loaded))
         name = Path(model).name
         if data is not None:
-            from lipaudit.data import load_data
+            from lipaudit.io.data import load_data
 
             ds = load_data(data, n=16)
             user_data = (ds.x, ds.y)

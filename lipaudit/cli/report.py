@@ -15,8 +15,8 @@ __all__ = ["report"]
               help="HTML path [default: the JSON's path with .html].")
 def report(results: str, output: str | None) -> None:
     """Render RESULTS (a `lipaudit check --json` file) as a self-contained HTML report."""
+    from lipaudit.audit.result import AuditResult, check_writable
     from lipaudit.report.html import write_report
-    from lipaudit.results import AuditResult, check_writable
 
     target = check_writable(Path(output) if output else Path(results).with_suffix(".html"))
     write_report(AuditResult.load(results), target)

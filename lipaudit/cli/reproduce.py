@@ -58,11 +58,11 @@ def reproduce(out: str, epochs: int, n: int, eps_text: str, adv_eps: float, seed
     """Train the paper's set-ups (plain; norm decay ℓ1/ℓ∞, weight decay, SVC over a small grid; PGD-AT, TRADES,
     ALP) on the built-in MNIST digits, audit each, and write OUT/index.html (side by side), one report per model,
     OUT/summary.json and OUT/summary.md. Takes tens of minutes on a laptop CPU."""
+    from lipaudit.audit.result import atomic_write_text
     from lipaudit.cli._pipeline import train_and_audit
-    from lipaudit.data import load_data
     from lipaudit.experiments import paper_grid, summarise
+    from lipaudit.io.data import load_data
     from lipaudit.report.compare import write_comparison
-    from lipaudit.results import atomic_write_text
 
     eps = parse_eps_list(eps_text)
     folder = Path(out)

@@ -104,8 +104,8 @@ def train(data_spec: str, arch: str, epochs: int, lr: float, momentum: float, ba
     """
     import torch
 
-    from lipaudit.data import load_data
-    from lipaudit.load import build_arch
+    from lipaudit.io.data import load_data
+    from lipaudit.io.load import build_arch
     from lipaudit.modules import Normalize
     from lipaudit.train.adversarial import AdversarialConfig, AdvMethod
     from lipaudit.train.loop import TrainConfig, parse_norm_decay, parse_svc, save_checkpoint, train_model

@@ -15,7 +15,7 @@ __all__ = ["validate"]
 def validate(results: str, report: str | None) -> None:
     """Check that RESULTS (the JSON of `lipaudit check`) satisfies every invariant of an audit, and that REPORT (its
     HTML) loads nothing from the network. Prints one line per problem and exits 1 if there is any, else exits 0."""
-    from lipaudit.validate import validate_files
+    from lipaudit.audit.validate import validate_files
 
     found = validate_files(results, report)
     if found:

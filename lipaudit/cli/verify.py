@@ -60,7 +60,7 @@ def verify(model: str | None, spec: str | None, arch: str | None, unsafe_pickle:
     if compare_files:
         raise UsageError("--compare needs --instances")
     from lipaudit.certify.bab import BabOptions, BranchAndBound
-    from lipaudit.vnnlib import read_vnnlib, result_text
+    from lipaudit.io.vnnlib import read_vnnlib, result_text
 
     loaded = load_from_options(model, arch, unsafe_pickle, mean, std, device)
     shape = loaded.input_shape
@@ -113,9 +113,9 @@ def _run_instances(path: str, compare_files: tuple[str, ...], out: Path, scale: 
     from lipaudit.certify.bab import BabOptions, BranchAndBound, VerifyResult
     from lipaudit.certify.spec import Verdict
     from lipaudit.errors import LipauditError, first_line
-    from lipaudit.load import load_model
+    from lipaudit.io.load import load_model
+    from lipaudit.io.vnnlib import read_vnnlib, result_text
     from lipaudit.vnncomp import read_instances, read_tool_results, run_suite, write_suite
-    from lipaudit.vnnlib import read_vnnlib, result_text
 
     items = read_instances(path)
     tools = dict(read_tool_results(f) for f in compare_files)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from lipaudit.norms.base import SpectralBracket
 from lipaudit.norms.rules import RULES, rule_for
 from lipaudit.ops import registered_type
 from lipaudit.types import Norm
+
+if TYPE_CHECKING:
+    from lipaudit.graph import Graph
 
 __all__ = ["DEFAULT_TOL", "LayerNorm", "l2_bracket", "layer_norm", "layer_norms", "operator_norm"]
 
@@ -184,8 +187,11 @@ def layer_norm(module: nn.Module, input_shape: Sequence[int], *, name: str = "",
 
 
 def layer_norms(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype | None = None,
-                tol: float = DEFAULT_TOL) -> list[LayerNorm]:
+                tol: float = DEFAULT_TOL, graph: Graph | None = None) -> list[LayerNorm]:
     """:class:`LayerNorm` of every linear layer of ``model`` in graph order (activations are skipped).
+
+    ``graph`` is the model's traced graph when the caller has it (:func:`lipaudit.analysis.analyse`); without it
+    the model is traced here, and a model that cannot be traced gets its rows from forward hooks.
 
     Raises:
         UnsupportedLayerError: the model has a layer without a rule (from :func:`lipaudit.graph.trace`).
@@ -196,21 +202,27 @@ def layer_norms(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dt
         >>> [(r.name, r.l1_method) for r in layer_norms(tiny_cnn(input_size=8), (1, 8, 8))][:2]
         [('0', 'closed-form'), ('2', 'closed-form')]
     """
-    from lipaudit.graph import trace
+    if graph is None:
+        from lipaudit.graph import trace
 
-    try:
-        graph = trace(model, input_shape)
-        found = [(node.name, node.module, node.input_shape, node.output_shape) for node in graph.modules()
-                 if node.kind == "module" and node.module is not None]
-    except UnsupportedLayerError:  # the graph cannot be traced: every linear layer still gets its row
-        found = _leaf_layers(model, input_shape)
-        if not found:  # nothing the hooks could see either (a TorchScript archive): the trace's reason stands
-            raise
+        try:
+            graph = trace(model, input_shape)
+        except UnsupportedLayerError:  # the graph cannot be traced: every linear layer still gets its row
+            found = _leaf_layers(model, input_shape)
+            if not found:  # nothing the hooks could see either (a TorchScript archive): the trace's reason stands
+                raise
+            return _rows(found, dtype, tol)
+    return _rows([(node.name, node.module, node.input_shape, node.output_shape) for node in graph.modules()
+                  if node.kind == "module" and node.module is not None], dtype, tol)
+
+
+def _rows(found: Sequence[tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]]], dtype: torch.dtype | None,
+          tol: float) -> list[LayerNorm]:
     rows = []
     for name, module, in_shape, out_shape in found:
         key = registered_type(module)
         if key is None or key not in RULES:
-            continue  # activations and max pooling: their Lipschitz constants live in lipaudit.lipschitz
+            continue  # activations and max pooling: their Lipschitz constants live in lipaudit.lipschitz.upper
         rows.append(layer_norm(module, in_shape, name=name, output_shape=out_shape, dtype=dtype, tol=tol))
     return rows
 

@@ -12,9 +12,9 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from lipaudit.audit.result import AuditResult, atomic_write_text
 from lipaudit.report import plots
 from lipaudit.report.html import _environment, fmt, pct
-from lipaudit.results import AuditResult, atomic_write_text
 
 __all__ = ["critical_rho", "norm_robustness_correlation", "render_comparison", "spearman", "write_comparison"]
 

@@ -12,8 +12,8 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from lipaudit.audit.result import AuditResult, atomic_write_text
 from lipaudit.report import plots
-from lipaudit.results import AuditResult, atomic_write_text
 
 __all__ = ["fmt", "render_report", "verdict_lines", "write_report"]
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipaudit._progress import NullProgress, Progress
-from lipaudit.data import Dataset
 from lipaudit.errors import DataError, ShapeError, UnsupportedLayerError, UsageError
+from lipaudit.io.data import Dataset
 from lipaudit.train.adversarial import AdversarialConfig, adversarial_loss
 from lipaudit.train.regularizers import SVC, NormDecay
 from lipaudit.types import Norm

@@ -8,7 +8,7 @@ Formats, detected from the file's content (not its name):
 * ``torchscript``: a ``torch.jit.save`` archive.
 * ``export``: a ``torch.export.save`` program (``.pt2``); the module is ``ExportedProgram.module()``.
 * ``onnx``: an ONNX file (``.onnx``), converted by onnx2torch and checked against onnxruntime
-  (:mod:`lipaudit.onnx_model`).
+  (:mod:`lipaudit.io.onnx_model`).
 * ``pickle``: a fully pickled ``nn.Module``, which runs code when loaded: refused unless ``unsafe_pickle=True``.
 
 ``arch`` is ``module:factory[:kwargs-json]`` (any importable callable, e.g. ``lipaudit.zoo:small_cnn``) or
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from lipaudit.errors import ModelLoadError, UnsafePickleError, UnsupportedLayerError, UsageError, first_line
-from lipaudit.exported import from_aten
+from lipaudit.io.exported import from_aten
 from lipaudit.modules import Normalize
 
 __all__ = ["LoadedModel", "build_arch", "load_model", "parse_input_shape", "wrap_module"]
@@ -383,7 +383,7 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, unsafe_
         except RuntimeError as err:
             raise ModelLoadError(f"Corrupt TorchScript archive {str(path)!r}: {err}") from err
     elif kind == "onnx":
-        from lipaudit.onnx_model import load_onnx
+        from lipaudit.io.onnx_model import load_onnx
 
         module, recorded = load_onnx(p, dev)
         fmt = "onnx"

@@ -2,7 +2,7 @@
 
 Any ratio ‖f(a) − f(b)‖_p / ‖a − b‖_p, and the Jacobian's operator norm ‖J(x)‖_{p→p} at any point, is a lower bound
 on the ℓp→ℓp Lipschitz constant of f; ‖∇(f_y − f_j)(x)‖_q (q the dual exponent) is one on that of the margin
-f_y − f_j. Compared with the upper bounds of :mod:`lipaudit.lipschitz`, they show how loose those are.
+f_y − f_j. Compared with the upper bounds of :mod:`lipaudit.lipschitz.upper`, they show how loose those are.
 """
 
 from __future__ import annotations

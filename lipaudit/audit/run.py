@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from lipaudit._modes import eval_mode
 from lipaudit._progress import NullProgress, Progress
+from lipaudit.audit.result import AccuracyRow, AuditResult, FlagRecord, SampleRecord, eps_key
 from lipaudit.errors import LipauditError, ModelEvaluationError, NonFiniteWeightError, UsageError, first_line
-from lipaudit.results import AccuracyRow, AuditResult, FlagRecord, SampleRecord, eps_key
 from lipaudit.types import Method, Norm
 
 __all__ = ["AuditConfig", "attack_budget", "default_methods", "in_model_normalization", "preflight", "run_audit"]
@@ -394,7 +394,7 @@ def run_audit(
 
 def _run_stages(model: nn.Module, logits: Tensor, x: Tensor, y: Tensor, config: AuditConfig,
                 input_shape: tuple[int, ...], st: _State, stages: _Stages, progress: Progress) -> None:
-    from lipaudit import lipschitz as lip
+    from lipaudit.lipschitz import upper as lip
     from lipaudit.norms import layer_norms
 
     with stages.stage("clean"):
@@ -608,7 +608,7 @@ def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, i
 
 def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _State, stages: _Stages,
               model_info: dict[str, Any], data_info: dict[str, Any], command: str) -> AuditResult:
-    from lipaudit.crosscheck import ordering_violations, soundness_violations
+    from lipaudit.audit.crosscheck import ordering_violations, soundness_violations
 
     n = st.n
     labels = [int(v) for v in y.tolist()]

@@ -123,7 +123,7 @@ def _check_samples(result: Mapping[str, Any], out: list[str]) -> None:
 
 
 def problems(result: Mapping[str, Any], html: str | None = None) -> list[str]:
-    """Every invariant of :mod:`lipaudit.validate` that ``result`` (a parsed audit JSON) breaks, one line each."""
+    """Every invariant of :mod:`lipaudit.audit.validate` that ``result`` (a parsed audit JSON) breaks, one line each."""
     if not isinstance(result, Mapping):
         return [f"expected a JSON object but got {type(result).__name__}"]
     out = [f"missing top-level key {k!r}" for k in KEYS if k not in result]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lipaudit.errors import UsageError
-from lipaudit.lipschitz import lipschitz_radius, margin_lipschitz
+from lipaudit.lipschitz.upper import lipschitz_radius, margin_lipschitz
 from lipaudit.types import Norm
 
 __all__ = ["LipschitzCertificate", "lipschitz_certify", "lipschitz_radius"]

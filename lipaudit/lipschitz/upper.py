@@ -26,7 +26,7 @@ from torch import nn
 
 from lipaudit.errors import UnsupportedLayerError, UsageError
 from lipaudit.graph import Graph, Node, trace
-from lipaudit.lipschitz_lower import _lower_bounds, _margins, empirical_lipschitz, margin_lower
+from lipaudit.lipschitz.lower import _lower_bounds, _margins, empirical_lipschitz, margin_lower
 from lipaudit.modules import Normalize
 from lipaudit.norms import SUPPORTED_LINEAR, operator_norm
 from lipaudit.ops import GELU_CONSTANT, OpKind, activation_constant, nonlinear_types, op_for_module
@@ -101,7 +101,9 @@ def _linear_types() -> tuple[type[nn.Module], ...]:
     return tuple(SUPPORTED_LINEAR)
 
 
-_Cache = dict[tuple[Any, ...], float]
+#: Operator norms (and the margin matrix) already computed for one model, keyed by module identity, input shape
+#: and norm; :class:`lipaudit.analysis.Analysis` keeps one per model and seeds it from its norm table.
+_Cache = dict[tuple[Any, ...], Any]
 
 
 def _operator_norm(module: nn.Module, input_shape: tuple[int, ...], norm: Norm, cache: _Cache | None = None,
@@ -283,7 +285,8 @@ def _upper(graph: Graph, norm: Norm, fold: bool, cache: _Cache) -> float:
     return _compose(graph, factors, norm)[graph.nodes[-1].name]
 
 
-def network_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | float) -> float:
+def network_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | float, *, graph: Graph | None = None,
+                      cache: _Cache | None = None) -> float:
     """A sound upper bound on the ℓp→ℓp Lipschitz constant of ``model`` composed over its graph (with folding).
 
     Example:
@@ -294,7 +297,7 @@ def network_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | flo
         3.5
     """
     norm = Norm.parse(norm)
-    return _upper(trace(model, input_shape), norm, True, {})
+    return _upper(graph or trace(model, input_shape), norm, True, {} if cache is None else cache)
 
 
 def _head(graph: Graph) -> tuple[torch.Tensor, str] | None:
@@ -309,17 +312,25 @@ def _head(graph: Graph) -> tuple[torch.Tensor, str] | None:
     return (w if scale is None else w * scale.to(w)[:, None]), last.inputs[0]
 
 
-def margin_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | float) -> torch.Tensor:
+def margin_lipschitz(model: nn.Module, input_shape: Any, norm: Norm | str | float, *, graph: Graph | None = None,
+                     cache: _Cache | None = None) -> torch.Tensor:
     """(K, K) upper bounds L_ij on the Lipschitz constant of f_i − f_j (ℓp input norm); zero diagonal.
 
     L_ij = min(‖w_i − w_j‖_q · L(h), ‖e_i − e_j‖_q · L(f)) with w the rows of the final linear layer, h the
     network before it, q the dual exponent.
     """
     norm = Norm.parse(norm)
-    return _margin_matrix(trace(model, input_shape), norm, {})
+    return _margin_matrix(graph or trace(model, input_shape), norm, {} if cache is None else cache)
 
 
 def _margin_matrix(graph: Graph, norm: Norm, cache: _Cache) -> torch.Tensor:
+    key = ("margin-matrix", id(graph), norm)
+    if key not in cache:
+        cache[key] = _margin_matrix_uncached(graph, norm, cache)
+    return cast(torch.Tensor, cache[key]).clone()
+
+
+def _margin_matrix_uncached(graph: Graph, norm: Norm, cache: _Cache) -> torch.Tensor:
     out = graph.nodes[-1]
     k = math.prod(out.output_shape)
     q = norm.dual.p
@@ -406,11 +417,16 @@ class LipschitzReport:
 
 
 def lipschitz_report(model: nn.Module, input_shape: Any, norm: Norm | str | float,
-                     x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> LipschitzReport:
-    """Product, graph and margin upper bounds, and (given points ``x``, labels ``y``) lower bounds and ratios."""
+                     x: torch.Tensor | None = None, y: torch.Tensor | None = None, *, graph: Graph | None = None,
+                     cache: _Cache | None = None) -> LipschitzReport:
+    """Product, graph and margin upper bounds, and (given points ``x``, labels ``y``) lower bounds and ratios.
+
+    ``graph`` and ``cache``: the model's traced graph and operator-norm cache when the caller has them (see
+    :class:`lipaudit.analysis.Analysis`); otherwise the model is traced here.
+    """
     norm = Norm.parse(norm)
-    graph = trace(model, input_shape)
-    cache: _Cache = {}
+    graph = graph or trace(model, input_shape)
+    cache = {} if cache is None else cache
     try:
         _check_bounded(graph)
     except _NoBound as err:
