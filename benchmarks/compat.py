@@ -26,6 +26,7 @@ from torch import nn
 
 from benchmarks.archs import MODELS
 from lipaudit.audit.run import AuditConfig, default_methods, run_audit
+from lipaudit.errors import one_line
 from lipaudit.io.load import load_model
 from lipaudit.zoo import small_cnn
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 row = audit_one(build, shape, args.n, args.steps)
             except Exception as err:  # a row of the table, never the end of the run
-                lines.append(f"| {name} | error: {type(err).__name__}: {str(err).splitlines()[0][:100]} | | | | |")
+                lines.append(f"| {name} | error: {one_line(err, limit=100, with_type=True)} | | | | |")
                 print(lines[-1], file=sys.stderr, flush=True)
                 continue
             lines.append(f"| {name} | {row['norms']} | {row['lipschitz']} | {row['certification']} | "

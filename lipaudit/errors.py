@@ -6,6 +6,8 @@ causes it and what to do about it; the CLI turns any of them into a one-line mes
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "DataError",
     "LipauditError",
@@ -18,7 +20,9 @@ __all__ = [
     "UnsafePickleError",
     "UnsupportedLayerError",
     "UsageError",
+    "check_shape",
     "first_line",
+    "one_line",
 ]
 
 
@@ -31,6 +35,23 @@ def first_line(err: BaseException) -> str:
     """
     lines = str(err).strip().splitlines()
     return lines[0] if lines else ""
+
+
+def one_line(err: BaseException, *, limit: int | None = 300, with_type: bool = False) -> str:
+    """An error as one short line for reports and per-sample reasons: its first line, cut to ``limit`` characters.
+
+    Without ``with_type`` an error with an empty message is named by its type; with it the line always starts with
+    the type (``"TypeError: ..."``). ``limit=None`` keeps the whole first line.
+
+    Example:
+        >>> one_line(RuntimeError("shape mismatch\\n  at layer 3"))
+        'shape mismatch'
+        >>> one_line(KeyError()), one_line(ValueError("x" * 9), limit=10, with_type=True)
+        ('KeyError', 'ValueError')
+    """
+    line = first_line(err)
+    text = f"{type(err).__name__}: {line}" if with_type else (line or type(err).__name__)
+    return text if limit is None else text[:limit]
 
 
 class LipauditError(Exception):
@@ -119,3 +140,31 @@ class ModelEvaluationError(LipauditError):
     Remedy: the message names the cause (which samples, which stages failed and why); repair the model or pass the
     options the message suggests.
     """
+
+
+def check_shape(shape: Any, *, error: type[LipauditError] = UsageError, given: object = None) -> tuple[int, ...]:
+    """A per-sample input shape (no batch dimension) as a tuple of positive ints; ``error`` otherwise.
+
+    Any sequence of integral numbers is accepted (ints, numpy or torch integers, ``torch.Size``, floats such as
+    ``28.0``); strings, an empty shape and non-integral or non-positive sizes are not. The message shows ``given``
+    (the text the shape was parsed from) when there is one, else ``shape``.
+
+    Example:
+        >>> check_shape([1, 28, 28.0])
+        (1, 28, 28)
+        >>> check_shape((3, 0, 2), error=ShapeError)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lipaudit.errors.ShapeError: Expected an input shape of positive integers like 1,28,28 ... but got (3, 0, 2)
+    """
+    message = ("Expected an input shape of positive integers like 1,28,28 (C,H,W, no batch dimension) but got "
+               f"{shape if given is None else given!r}")
+    try:
+        values = () if isinstance(shape, (str, bytes)) else tuple(shape)
+        sizes = tuple(int(v) for v in values if not isinstance(v, (str, bytes)))
+        exact = all(float(v) == float(s) for v, s in zip(values, sizes, strict=True))
+    except (TypeError, ValueError, OverflowError) as err:
+        raise error(message) from err
+    if not sizes or len(sizes) != len(values) or not exact or any(s <= 0 for s in sizes):
+        raise error(message)
+    return sizes

@@ -21,7 +21,7 @@ from torch import nn
 
 from lipaudit.certify import _compat
 from lipaudit.certify import lirpa as lirpa_mod
-from lipaudit.errors import MissingDependencyError
+from lipaudit.errors import MissingDependencyError, one_line
 
 
 def _lirpa() -> Any:
@@ -224,5 +224,5 @@ if __name__ == "__main__":
         try:
             results[name] = globals()[name]()
         except Exception as err:  # a reproducer reports whatever the defect raises
-            results[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+            results[name] = one_line(err, limit=200, with_type=True)
     print(json.dumps(results))

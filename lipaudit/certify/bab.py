@@ -37,7 +37,7 @@ from torch import nn
 from lipaudit.certify import _compat
 from lipaudit.certify.lirpa import LIRPA_ERRORS, _deep_recursion, _quiet, load_auto_lirpa, prepare_model
 from lipaudit.certify.spec import BoxProperty, Verdict
-from lipaudit.errors import UnsupportedLayerError, UsageError, first_line
+from lipaudit.errors import UnsupportedLayerError, UsageError, first_line, one_line
 from lipaudit.types import Norm
 
 __all__ = ["BabOptions", "BranchAndBound", "VerifyResult", "falsify"]
@@ -271,7 +271,7 @@ class BranchAndBound:
                     x=(x,), C=c, method=method, bound_upper=False, intermediate_layer_bounds=interm, return_A=True,
                     needed_A_dict={self.final_name: [self.input_name]})
             except LIRPA_ERRORS as err:
-                raise _BoundFailure(first_line(err) or type(err).__name__) from err
+                raise _BoundFailure(one_line(err, limit=None)) from err
         coef = a_dict[self.final_name][self.input_name]["lA"]
         return lower.detach(), coef.detach().reshape(lo.shape[0], c.shape[1], *lo.shape[1:])
 
@@ -473,7 +473,7 @@ class BranchAndBound:
                                             intermediate_layer_bounds={first: reference[first]},
                                             reference_bounds=reference)
             except LIRPA_ERRORS as err:
-                raise _BoundFailure(first_line(err) or type(err).__name__) from err
+                raise _BoundFailure(one_line(err, limit=None)) from err
         out = {}
         for m in self.relus:
             name = m.inputs[0].name

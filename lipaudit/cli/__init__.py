@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from lipaudit import __version__
-from lipaudit.errors import LipauditError, first_line
+from lipaudit.errors import LipauditError, one_line
 
 __all__ = ["cli", "main"]
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> Any:
         err.show()
         sys.exit(err.exit_code)
     except LipauditError as err:
-        line = first_line(err) or type(err).__name__
+        line = one_line(err, limit=None)
         if line != str(err).strip():  # errors quoting torch's multi-line messages: one line here, the rest with -vv
             logging.getLogger("lipaudit").debug("full error: %s", err)
         click.echo(f"lipaudit: error: {line}", err=True)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lipaudit.errors import DataError, MissingDependencyError, UsageError, first_line
+from lipaudit.errors import DataError, MissingDependencyError, UsageError, one_line
 
 __all__ = ["SPLIT_SEED", "Dataset", "load_data", "stratified_subset"]
 
@@ -197,7 +197,7 @@ def _npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, int, str]:
                             "y=np.asarray(y, np.int64))") from err
         raise DataError(f"Corrupt or unreadable .npz file {str(path)!r}: {err}") from err
     except (OSError, zipfile.BadZipFile, EOFError) as err:
-        raise DataError(f"Corrupt or truncated .npz file {str(path)!r} ({first_line(err) or type(err).__name__}); "
+        raise DataError(f"Corrupt or truncated .npz file {str(path)!r} ({one_line(err, limit=None)}); "
                         "write it again with np.savez") from err
     if "x" in arrays and "y" in arrays:
         xk, yk, used = "x", "y", "all"

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from lipaudit.errors import UnsupportedLayerError
+from lipaudit.errors import UnsupportedLayerError, one_line
 from lipaudit.modules import Normalize
 
 __all__ = ["from_aten", "from_torchscript", "is_aten_graph"]
@@ -268,6 +268,6 @@ def from_torchscript(model: torch.jit.ScriptModule, example: torch.Tensor) -> fx
             KeyError, AssertionError) as err:  # torch's converter is experimental and fails in many ways
         raise UnsupportedLayerError(
             "Unsupported TorchScript module: torch could not convert it to a graph lipaudit can read "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); load the state_dict with --arch "
+            f"({one_line(err, limit=None, with_type=True)}); load the state_dict with --arch "
             "or save a torch.export program (.pt2) instead") from err
     return from_aten(program.module())

@@ -36,7 +36,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lipaudit.errors import ModelLoadError, UnsafePickleError, UnsupportedLayerError, UsageError, first_line
+from lipaudit.errors import (
+    ModelLoadError,
+    UnsafePickleError,
+    UnsupportedLayerError,
+    UsageError,
+    check_shape,
+    one_line,
+)
 from lipaudit.io.exported import from_aten
 from lipaudit.modules import Normalize
 
@@ -95,9 +102,7 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     """
     body = str(text).strip().strip("()[]")
     parts = [p for p in re.split(r"[\s,x×]+", body) if p]
-    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise UsageError(f"Expected an input shape like 1,28,28 (C,H,W of positive integers) but got {text!r}")
-    return tuple(int(p) for p in parts)
+    return check_shape([int(p) if p.isdigit() else None for p in parts], given=text)  # None: not a number
 
 
 def _sha256(path: Path) -> str:
@@ -303,9 +308,8 @@ def _torch_load(path: Path, device: torch.device, unsafe_pickle: bool) -> Any:
                              "download it again") from err
     except (RuntimeError, ValueError, zipfile.BadZipFile, ImportError, KeyError, IndexError, TypeError,
             UnicodeDecodeError, OverflowError, MemoryError, OSError) as err:
-        detail = first_line(err) or type(err).__name__
         raise ModelLoadError(f"Corrupt or unreadable model file {str(path)!r} ({type(err).__name__}: "
-                             f"{detail[:120]}); expected {_FORMATS}") from err
+                             f"{one_line(err, limit=120)}); expected {_FORMATS}") from err
 
 
 def _finish(module: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None,
@@ -403,9 +407,8 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, unsafe_
             sd, meta = _state_dict_from(obj, p)
             if meta and mean is None and std is None and meta.get("mean") is not None:
                 mean, std = meta.get("mean"), meta.get("std")
-            if isinstance(meta.get("input_shape"), (list, tuple)) and all(
-                    isinstance(v, int) and v > 0 for v in meta["input_shape"]):
-                recorded = tuple(meta["input_shape"])
+            with contextlib.suppress(UsageError):  # a malformed recorded shape is not used
+                recorded = check_shape(meta.get("input_shape"))
             if used_arch is None and meta.get("arch"):
                 embedded = str(meta["arch"])
                 if embedded.split(":", 1)[0] != _ZOO:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lipaudit.errors import MissingDependencyError, ModelLoadError, first_line
+from lipaudit.errors import MissingDependencyError, ModelLoadError, first_line, one_line
 
 __all__ = ["OnnxClassifier", "import_torchvision", "load_onnx"]
 
@@ -133,21 +133,21 @@ def load_onnx(path: str | Path, device: torch.device) -> tuple[nn.Module, tuple[
     try:
         model = onnx.load(str(p))
     except Exception as err:  # protobuf raises its own DecodeError, onnx others: all mean an unreadable file
-        raise ModelLoadError(f"Corrupt ONNX file {str(p)!r}: {first_line(err) or type(err).__name__}") from err
+        raise ModelLoadError(f"Corrupt ONNX file {str(p)!r}: {one_line(err, limit=None)}") from err
     shape = _input_shape(model)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     batch_dim = dims[0].dim_value if dims and dims[0].HasField("dim_value") else 0
     try:
         net = convert(model)
     except Exception as err:  # onnx2torch raises NotImplementedError, KeyError, ... for what it cannot convert
-        raise ModelLoadError(f"onnx2torch cannot convert {str(p)!r}: {first_line(err) or type(err).__name__}; "
+        raise ModelLoadError(f"onnx2torch cannot convert {str(p)!r}: {one_line(err, limit=None)}; "
                              "export the network to TorchScript or torch.export instead") from err
     module = OnnxClassifier(net, shape).eval()
     try:
         deviation = _check_against_onnxruntime(p, module, shape, batch_dim)
     except Exception as err:  # onnxruntime's errors have their own types
         raise ModelLoadError(f"The ONNX network {str(p)!r} could not be run to check its conversion: "
-                             f"{first_line(err) or type(err).__name__}") from err
+                             f"{one_line(err, limit=None)}") from err
     if not math.isfinite(deviation) or deviation > 1e-4:
         raise ModelLoadError(f"The converted ONNX network {str(p)!r} differs from onnxruntime by {deviation:.2g} "
                              "(relative): it is not audited; export it to TorchScript or torch.export instead")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lipaudit.errors import NonFiniteWeightError, ShapeError, UsageError
+from lipaudit.errors import NonFiniteWeightError, ShapeError, UsageError, check_shape
 from lipaudit.types import Norm
 
 __all__ = [
@@ -108,13 +108,11 @@ def check_input_shape(input_shape: Sequence[int], ndim: int, channels: int | Non
     """Validate a per-sample input shape (no batch dimension) and return it as a tuple of ints.
 
     Raises:
-        ShapeError: the shape has the wrong length, a non-positive size or the wrong channel count.
+        ShapeError: the shape is not one of positive integers (:func:`lipaudit.errors.check_shape`), has the wrong
+            length or the wrong channel count.
     """
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except (TypeError, ValueError) as err:
-        raise ShapeError(f"Expected a sequence of ints as input shape of {what} but got {input_shape!r}") from err
-    if len(shape) != ndim or any(s <= 0 for s in shape):
+    shape = check_shape(input_shape, error=ShapeError)
+    if len(shape) != ndim:
         raise ShapeError(f"Expected a positive input shape of length {ndim} for {what} but got {shape!r}")
     if channels is not None and shape[0] != channels:
         raise ShapeError(f"Expected {channels} input channels for {what} but got input shape {shape!r}")
