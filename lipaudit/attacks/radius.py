@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lipaudit._json import finite_or_none
 from lipaudit._progress import NullProgress, Progress
 from lipaudit.attacks.apgd import APGD
 from lipaudit.attacks.base import CountingModel, _view, check_inputs, eval_mode, lp_norm
@@ -62,15 +63,14 @@ class RadiusReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values; radii with no adversarial point found are written as ``None``."""
         finite = [r for r in self.radius if math.isfinite(r)]
-        med = self.median_radius
         return {
             "norm": self.norm.value,
             "direction": "upper bound on the robustness radius (attack)",
             "n": len(self.radius),
-            "radius": [r if math.isfinite(r) else None for r in self.radius],
+            "radius": [finite_or_none(r) for r in self.radius],
             "source": list(self.source),
             "found": len(finite),
-            "median_radius": med if math.isfinite(med) else None,
+            "median_radius": finite_or_none(self.median_radius),
             "counts": dict(self.counts),
             "wall_time_s": self.wall_time_s,
         }

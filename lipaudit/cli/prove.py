@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
+from lipaudit._json import jsonable
 from lipaudit.cli._options import (
     load_from_options,
     model_input_shape,
@@ -21,17 +20,6 @@ from lipaudit.cli._options import (
 from lipaudit.errors import UsageError
 
 __all__ = ["prove"]
-
-
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats become None (strict JSON has no Infinity/NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _positive(value: float, what: str) -> float:
@@ -104,7 +92,7 @@ def prove(out: str, model: str | None, input_shape: str | None, arch: str | None
         progress.close()
     path = write_proofs(result, out)
     json_path = path.with_suffix(".json")
-    json_path.write_text(json.dumps(_json_safe(result.to_dict()), indent=1, allow_nan=False), encoding="utf-8")
+    json_path.write_text(json.dumps(jsonable(result.to_dict()), indent=1, allow_nan=False), encoding="utf-8")
     claims = result.claims
     for c in claims:
         if not c.holds:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lipaudit._json import finite_or_none
 from lipaudit.errors import UsageError
 from lipaudit.lipschitz.upper import lipschitz_radius, margin_lipschitz
 from lipaudit.types import Norm
@@ -54,7 +55,7 @@ class LipschitzCertificate:
         """JSON-ready values; an infinite radius is written as None (no finite bound)."""
         return {
             "method": "lipschitz-margin", "norm": str(self.norm), "eps": self.eps,
-            "radius": [r if math.isfinite(r) else None for r in self.radius],
+            "radius": [finite_or_none(r) for r in self.radius],
             "certified": list(self.certified), "num_certified": self.num_certified,
             "margin_upper": self.margin_upper, "time_s": self.time_s,
         }

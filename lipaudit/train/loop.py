@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipaudit._json import finite_or_none
 from lipaudit._progress import NullProgress, Progress
 from lipaudit.errors import DataError, ShapeError, UnsupportedLayerError, UsageError
 from lipaudit.io.data import Dataset
@@ -308,7 +309,7 @@ def train_model(
             step += 1
             report("train", step, batches * config.epochs)
         model.eval()
-        mean_loss = total / n if math.isfinite(total) else None  # a diverged run is logged, not hidden
+        mean_loss = finite_or_none(total / n)  # a diverged run is logged, not hidden
         logs.append(snapshot(epoch, mean_loss, time.perf_counter() - start))
     model.eval()
     return TrainResult(config, train.to_dict(), tuple(logs))
