@@ -21,6 +21,7 @@ from torch import nn
 
 from lipaudit.errors import UnsupportedLayerError, UsageError
 from lipaudit.modules import Normalize
+from lipaudit.norms.batchnorm import batchnorm_scale
 from lipaudit.types import Norm
 
 __all__ = ["SUPPORTED_IBP", "certify_ibp", "interval_bounds", "leaves"]
@@ -73,9 +74,8 @@ def _affine(m: nn.Module, x: torch.Tensor, *, bias: bool = True, absolute: bool 
         mean = m.running_mean
         if var is None or mean is None:
             raise UnsupportedLayerError("Expected BatchNorm with running statistics (track_running_stats=True)")
-        gamma = m.weight.detach() if m.weight is not None else torch.ones_like(var)
         beta = m.bias.detach() if m.bias is not None else torch.zeros_like(var)
-        scale = gamma.to(torch.float64) / torch.sqrt(var.to(torch.float64) + m.eps)
+        scale = batchnorm_scale(m)
         shape = (1, -1, *([1] * (x.dim() - 2)))
         out = x * (scale.abs() if absolute else scale).view(shape)
         return out + (beta.to(torch.float64) - mean.to(torch.float64) * scale).view(shape) if bias else out

@@ -17,8 +17,13 @@ from lipaudit.norms.base import check_finite
 __all__ = ["batchnorm_scale", "diagonal_norm", "normalize_scale"]
 
 
-def batchnorm_scale(module: nn.modules.batchnorm._BatchNorm, name: str = "") -> torch.Tensor:
-    """The per-channel factors ``γ/√(running_var + ε)`` of an eval-mode BatchNorm.
+def batchnorm_scale(module: nn.modules.batchnorm._BatchNorm, name: str = "", *, with_weight: bool = True,
+                    dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    """The per-channel factors ``γ/√(running_var + ε)`` of an eval-mode BatchNorm (``1/√(running_var + ε)`` without
+    ``with_weight``), computed in ``dtype`` (None: the running statistics' own dtype), without gradients.
+
+    The values are not checked: NaN or infinite statistics give NaN or infinite factors (the norm rules check them
+    with :func:`~lipaudit.norms.base.check_finite`).
 
     Raises:
         UnsupportedLayerError: the layer keeps no running statistics, so in eval mode it normalises with the
@@ -28,19 +33,20 @@ def batchnorm_scale(module: nn.modules.batchnorm._BatchNorm, name: str = "") -> 
         >>> bn = nn.BatchNorm1d(2, eps=0.0).eval()
         >>> bn.running_var.fill_(4.0)
         tensor([4., 4.])
-        >>> batchnorm_scale(bn).tolist()
-        [0.5, 0.5]
+        >>> with torch.no_grad():
+        ...     _ = bn.weight.fill_(3.0)
+        >>> batchnorm_scale(bn).tolist(), batchnorm_scale(bn, with_weight=False, dtype=None)
+        ([1.5, 1.5], tensor([0.5000, 0.5000]))
     """
     var = module.running_var
     if var is None:
         raise UnsupportedLayerError(
             f"Expected a BatchNorm with running statistics at {name or type(module).__name__!r} but got "
             f"track_running_stats={module.track_running_stats!r} (batch statistics make the layer non-linear)")
-    check_finite(var, f"{name or 'BatchNorm'}.running_var")
-    scale = 1.0 / torch.sqrt(var.detach().to(torch.float64) + module.eps)
-    if module.weight is not None:
-        check_finite(module.weight, f"{name or 'BatchNorm'}.weight")
-        scale = scale * module.weight.detach().to(torch.float64)
+    dtype = var.dtype if dtype is None else dtype
+    scale = 1.0 / torch.sqrt(var.detach().to(dtype) + module.eps)
+    if with_weight and module.weight is not None:
+        scale = scale * module.weight.detach().to(dtype)
     return scale
 
 

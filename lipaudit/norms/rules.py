@@ -105,6 +105,9 @@ def _diagonal_scale(module: nn.Module, shape: Shape, name: str) -> torch.Tensor:
     else:
         bn = cast(nn.modules.batchnorm._BatchNorm, module)
         scale, channels = batchnorm_scale(bn, name), bn.num_features
+        check_finite(cast(torch.Tensor, bn.running_var), f"{name or 'BatchNorm'}.running_var")
+        if bn.weight is not None:
+            check_finite(bn.weight, f"{name or 'BatchNorm'}.weight")
     if not shape or shape[0] != channels:
         raise ShapeError(f"Expected {channels} channels first in the input shape of {name or type(module).__name__} "
                          f"but got {shape!r}")

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from lipaudit.errors import ShapeError, UsageError
+from lipaudit.norms.batchnorm import batchnorm_scale
 from lipaudit.types import Norm
 
 __all__ = [
@@ -107,14 +108,6 @@ def _abs_operator(module: nn.Module, weight: torch.Tensor, x: torch.Tensor) -> t
     raise UsageError(f"Expected a Linear, Conv or ConvTranspose layer but got {type(module).__name__!r}")
 
 
-def _bn_scale(module: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
-    """The diagonal of an eval-mode BatchNorm as a linear map: ``1/√(running_var + ε)`` per channel."""
-    var = module.running_var
-    if var is None:
-        raise UsageError(f"Expected a BatchNorm with running statistics but got {module!r}")
-    return torch.rsqrt(var.detach() + module.eps)
-
-
 def norm_argmax_block(module: nn.Module, input_shape: Sequence[int], norm: Norm | str) -> tuple[float, torch.Tensor]:
     """The ℓ1 or ℓ∞ operator norm of a layer's linear part and the mask of the weights in its argmax block.
 
@@ -145,7 +138,7 @@ def norm_argmax_block(module: nn.Module, input_shape: Sequence[int], norm: Norm 
     if norm is Norm.L2:
         raise UsageError(f"Expected norm l1 or linf for norm decay but got {norm.value!r}")
     if isinstance(module, _BN):
-        values = module.weight.detach().abs() * _bn_scale(module)
+        values = module.weight.detach().abs() * batchnorm_scale(module, with_weight=False, dtype=None)
         idx = int(torch.argmax(values))
         mask = torch.zeros_like(module.weight, dtype=torch.bool)
         mask[idx] = True
@@ -243,7 +236,7 @@ class NormDecay:
             with torch.no_grad():
                 direction = torch.sign(weight.detach())
                 if isinstance(module, _BN):
-                    direction = direction * _bn_scale(module)
+                    direction = direction * batchnorm_scale(module, with_weight=False, dtype=None)
                 memory = self._memory.get(name)
                 memory = torch.zeros_like(weight) if memory is None else memory.mul_(self.momentum)
                 memory[mask] = direction[mask]
