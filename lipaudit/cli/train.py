@@ -20,8 +20,7 @@ from lipaudit.types import Norm
 __all__ = ["resolve_arch", "train"]
 
 
-def _factory_parameters(base: str) -> set[str]:
-    where, _, name = base.partition(":")
+def _factory_parameters(where: str, name: str) -> set[str]:
     if where.endswith(".py"):
         return set()
     try:
@@ -41,19 +40,11 @@ def resolve_arch(spec: str, input_shape: tuple[int, ...], num_classes: int) -> t
         >>> resolve_arch("lipaudit.zoo:small_cnn", (3, 32, 32), 10)
         ('lipaudit.zoo:small_cnn', {'in_channels': 3, 'input_size': 32, 'num_classes': 10})
     """
-    parts = spec.split(":", 2)
-    if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise UsageError(f"Expected --arch as module:factory[:kwargs-json] but got {spec!r}")
-    base = f"{parts[0]}:{parts[1]}"
-    kwargs: dict[str, Any] = {}
-    if len(parts) == 3 and parts[2].strip():
-        try:
-            kwargs = json.loads(parts[2])
-        except json.JSONDecodeError as err:
-            raise UsageError(f"Expected JSON keyword arguments after the factory but got {parts[2]!r}") from err
-        if not isinstance(kwargs, dict):
-            raise UsageError(f"Expected a JSON object of keyword arguments but got {parts[2]!r}")
-    params = _factory_parameters(base)
+    from lipaudit.io.load import parse_arch
+
+    where, name, kwargs = parse_arch(spec)
+    base = f"{where}:{name}"
+    params = _factory_parameters(where, name)
     inferred: dict[str, Any] = {"in_channels": input_shape[0], "num_classes": num_classes,
                                 "in_features": math.prod(input_shape)}
     if len(input_shape) == 3 and input_shape[1] == input_shape[2]:

@@ -47,7 +47,7 @@ from lipaudit.errors import (
 from lipaudit.io.exported import from_aten
 from lipaudit.modules import Normalize
 
-__all__ = ["LoadedModel", "build_arch", "load_model", "parse_input_shape", "wrap_module"]
+__all__ = ["LoadedModel", "build_arch", "load_model", "parse_arch", "parse_input_shape", "wrap_module"]
 
 _ZOO = "lipaudit.zoo"
 _SAFE_FORMATS_HINT = (
@@ -113,8 +113,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _resolve_factory(spec: str) -> tuple[Callable[..., Any], dict[str, Any]]:
-    parts = spec.split(":", 2)
+def parse_arch(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """Split an architecture spec ``module:factory[:kwargs-json]`` or ``file.py:factory`` into the module (or file),
+    the factory's name and its keyword arguments; nothing is imported.
+
+    Raises:
+        UsageError: the module or the factory is missing, or the keyword arguments are not a JSON object.
+
+    Example:
+        >>> parse_arch('lipaudit.zoo:mlp:{"hidden": [8]}')
+        ('lipaudit.zoo', 'mlp', {'hidden': [8]})
+    """
+    parts = str(spec).split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise UsageError(f"Expected --arch as module:factory[:kwargs-json] or file.py:factory but got {spec!r}")
     where, name = parts[0], parts[1]
@@ -126,6 +136,11 @@ def _resolve_factory(spec: str) -> tuple[Callable[..., Any], dict[str, Any]]:
             raise UsageError(f"Expected JSON keyword arguments after the factory but got {parts[2]!r}: {err}") from err
         if not isinstance(kwargs, dict):
             raise UsageError(f"Expected a JSON object of keyword arguments but got {parts[2]!r}")
+    return where, name, kwargs
+
+
+def _resolve_factory(spec: str) -> tuple[Callable[..., Any], dict[str, Any]]:
+    where, name, kwargs = parse_arch(spec)
     try:
         if where.endswith(".py"):
             file = Path(where)
