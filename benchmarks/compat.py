@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from benchmarks.archs import MODELS
+from lipaudit.analysis import analyse
 from lipaudit.audit.run import AuditConfig, default_methods, run_audit
 from lipaudit.errors import one_line
 from lipaudit.io.load import load_model
@@ -63,14 +64,14 @@ def _quiet() -> Iterator[None]:
 
 
 def _stage_text(result: Any) -> dict[str, str]:
-    failures = {f["stage"]: f["message"] for f in result.failures}
-    lip = result.lipschitz or {}
+    failures = {f.stage: f.message for f in result.failures}
+    lip = result.lipschitz
     if "lipschitz" in failures:
         lipschitz = f"failed: {failures['lipschitz'][:80]}"
-    elif lip.get("status") == "bounded":
-        lipschitz = f"{lip['upper_graph']:.3g}"
+    elif lip is not None and lip.status == "bounded":
+        lipschitz = f"{lip.upper_graph:.3g}"
     else:
-        lipschitz = f"{lip.get('status', '—')}: {lip.get('node')} ({lip.get('op')})"
+        lipschitz = f"{lip.status}: {lip.node} ({lip.op})" if lip is not None else "—"
     norms = f"failed: {failures['norms'][:80]}" if "norms" in failures else f"{len(result.layers)} layers"
     used: list[str] = []
     errors: list[str] = []
@@ -98,12 +99,13 @@ def audit_one(build: Callable[[], nn.Module], shape: tuple[int, ...], n: int, st
     with torch.no_grad():
         y = model(x).argmax(1)
     t0 = time.perf_counter()
-    methods, _ = default_methods(model, shape)
-    choose_s = time.perf_counter() - t0
+    analysis = analyse(model, shape)
+    methods, _ = default_methods(analysis)
+    choose_s = time.perf_counter() - t0  # the one trace and norm table of the audit, and the method choice
     config = AuditConfig(norm="inf", eps=(EPS,), methods=methods, radius_method=None,  # type: ignore[arg-type]
                          attack_radius=False, attack_steps=steps, time_budget_s=60.0)
     with _quiet():
-        result = run_audit(model, x, y, config, model_info={}, data_info={})
+        result = run_audit(model, x, y, config, model_info={}, data_info={}, analysis=analysis)
     row = _stage_text(result)
     row["methods"] = ", ".join(str(m) for m in methods) or "none"
     row["time"] = {"load": load_s, "choose": choose_s, **result.timing}

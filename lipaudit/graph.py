@@ -26,6 +26,7 @@ attacks and the certification still run; the whole-network bound says which node
 from __future__ import annotations
 
 import dataclasses
+import enum
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,10 +37,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lipaudit._modes import eval_mode
-from lipaudit.errors import ShapeError, UnsupportedLayerError, UsageError
+from lipaudit.errors import ShapeError, UnsupportedLayerError, UsageError, check_shape
 from lipaudit.ops import FUNCTION_OPS, UNBOUNDED_FUNCTIONS, nonlinear_types, op_for_module, supported_types
 
-__all__ = ["ACTIVATIONS", "Graph", "Node", "supported_modules", "trace"]
+__all__ = ["ACTIVATIONS", "Graph", "Node", "NodeKind", "supported_modules", "trace"]
 
 #: Non-linear module types with a Lipschitz constant (pointwise activations and max pooling), from the registry.
 ACTIVATIONS: tuple[type[nn.Module], ...] = nonlinear_types()
@@ -50,13 +51,30 @@ def supported_modules() -> tuple[type[nn.Module], ...]:
     return supported_types()
 
 
+class NodeKind(enum.StrEnum):
+    """What a graph node does (a string enum: ``NodeKind.MODULE == "module"``)."""
+
+    INPUT = "input"  #: the model input
+    OUTPUT = "output"  #: the logits
+    MODULE = "module"  #: a submodule with an op-registry entry (layer, activation, pooling, normalisation)
+    FUNCTION = "function"  #: a functional call with an equivalent module (``F.relu``, ``torch.sigmoid``)
+    ADD = "add"  #: a sum of two activations (residual connection)
+    PRODUCT = "product"  #: a product or quotient of two activations: no global Lipschitz bound
+    UNBOUNDED = "unbounded"  #: an op whose slope is unbounded (e.g. ``exp``)
+    AFFINE = "affine"  #: an activation scaled or shifted by a constant (factor in ``Node.factor``)
+    FLATTEN = "flatten"  #: a reshape that keeps every entry
+    STRUCTURAL = "structural"  #: a re-indexing that copies no entry (permute, transpose, squeeze, ...)
+    CAT = "cat"  #: a concatenation along a non-batch dimension
+    OPAQUE = "opaque"  #: an op without a rule: the stages that need one say so
+
+
 @dataclass(frozen=True)
 class Node:
     """One operation of a traced model.
 
     Attributes:
         name: module path (``"features.0"``) for modules, an op name (``"add_1"``, ``"relu"``) otherwise.
-        kind: ``"input"``, ``"module"``, ``"function"``, ``"add"``, ``"flatten"`` or ``"output"``.
+        kind: what the node does (:class:`NodeKind`).
         module: the submodule (or, for ``"function"`` nodes, an equivalent module); ``None`` for other kinds.
         inputs: names of the producer nodes, in argument order.
         input_shape: shape of the (first) input without the batch dimension.
@@ -64,7 +82,7 @@ class Node:
     """
 
     name: str
-    kind: str
+    kind: NodeKind
     module: nn.Module | None
     inputs: tuple[str, ...]
     input_shape: tuple[int, ...]
@@ -72,7 +90,7 @@ class Node:
     op: str = ""
     factor: float | None = None
 
-    def with_kind(self, kind: str) -> Node:
+    def with_kind(self, kind: NodeKind) -> Node:
         """The same node with another kind."""
         return dataclasses.replace(self, kind=kind)
 
@@ -194,17 +212,6 @@ def _unsupported(what: str) -> UnsupportedLayerError:
     return UnsupportedLayerError(f"Unsupported {what}: no rule for it\nSupported {_supported_text()}")
 
 
-def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"Expected an input shape of positive integers (C,H,W) but got {input_shape!r}") from err
-    exact = all(float(s) == float(t) for s, t in zip(shape, input_shape, strict=True))
-    if not shape or not exact or any(s <= 0 for s in shape):
-        raise UsageError(f"Expected an input shape of positive integers (C,H,W) but got {input_shape!r}")
-    return shape
-
-
 def _example_input(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     ref: torch.Tensor | None = next(iter(model.parameters()), None)
     if ref is None:
@@ -277,7 +284,7 @@ def _trace_fx(model: nn.Module, shape: tuple[int, ...]) -> Graph:
     def depends(n: fx.Node) -> bool:
         return any(a in dynamic for a in n.all_input_nodes)
 
-    def add(name: str, kind: str, mod: nn.Module | None, inputs: list[fx.Node], out: Any, op: str = "",
+    def add(name: str, kind: NodeKind, mod: nn.Module | None, inputs: list[fx.Node], out: Any, op: str = "",
             factor: float | None = None) -> None:
         srcs = tuple(aliases.get(a, names.get(a, "")) for a in inputs)
         first = values.get(inputs[0]) if inputs else None
@@ -291,13 +298,13 @@ def _trace_fx(model: nn.Module, shape: tuple[int, ...]) -> Graph:
                 raise _unsupported(f"second model input {n.name!r}: lipaudit traces single-input classifiers")
             names[n] = unique("input")
             dynamic.add(n)
-            nodes.append(Node(names[n], "input", None, (), shape, shape))
+            nodes.append(Node(names[n], NodeKind.INPUT, None, (), shape, shape))
             continue
         if n.op == "output":
             if not isinstance(val, torch.Tensor) or not isinstance(n.args[0], fx.Node) or n.args[0] not in names:
                 raise _unsupported("model output: expected a single tensor of logits")
             src = n.args[0]
-            nodes.append(Node(unique("output"), "output", None, (names[src],), _shape(val), _shape(val)))
+            nodes.append(Node(unique("output"), NodeKind.OUTPUT, None, (names[src],), _shape(val), _shape(val)))
             continue
         if not depends(n):
             continue  # a constant (parameter, buffer, a function of constants): read where it is used
@@ -316,42 +323,42 @@ def _trace_fx(model: nn.Module, shape: tuple[int, ...]) -> Graph:
             module = model.get_submodule(str(target))
             entry = op_for_module(module)
             if entry is None:
-                add(name, "opaque", module, dyn, val, op=type(module).__name__)
+                add(name, NodeKind.OPAQUE, module, dyn, val, op=type(module).__name__)
             else:
-                add(name, "module", module, dyn[:1] if len(dyn) == 1 else dyn, val, op=entry.name)
+                add(name, NodeKind.MODULE, module, dyn[:1] if len(dyn) == 1 else dyn, val, op=entry.name)
                 if len(dyn) != 1:
-                    nodes[-1] = nodes[-1].with_kind("opaque")
+                    nodes[-1] = nodes[-1].with_kind(NodeKind.OPAQUE)
         elif target in _ADD_TARGETS and len(dyn) == 2 and not n.kwargs and len(n.args) == 2:
-            add(name, "add", None, dyn, val, op="add")
+            add(name, NodeKind.ADD, None, dyn, val, op="add")
         elif target in _PRODUCT_TARGETS and len(dyn) == 2:
-            add(name, "product", None, dyn, val, op=_op_name(target))
+            add(name, NodeKind.PRODUCT, None, dyn, val, op=_op_name(target))
         elif target in _AFFINE_TARGETS and len(dyn) == 1:
             factor = _affine_factor(n, dyn[0], values)
             if factor is None or _shape(val) != _shape(values[dyn[0]]):
-                add(name, "opaque", None, dyn, val, op=_op_name(target))  # broadcasting that copies entries
+                add(name, NodeKind.OPAQUE, None, dyn, val, op=_op_name(target))  # broadcasting that copies entries
             else:
-                add(name, "affine", None, dyn, val, op=_op_name(target), factor=factor)
+                add(name, NodeKind.AFFINE, None, dyn, val, op=_op_name(target), factor=factor)
         elif target in _RESHAPE_TARGETS and len(dyn) == 1:
             if val.shape[0] != values[dyn[0]].shape[0]:
                 raise _unsupported(f"operation {n.name!r} ({_op_name(target)}): it mixes the batch dimension")
-            add(name, "flatten", None, dyn, val, op=_op_name(target))
+            add(name, NodeKind.FLATTEN, None, dyn, val, op=_op_name(target))
         elif _is_structural(n, dyn, values):
-            add(name, "structural", None, dyn, val, op=_op_name(target), factor=1.0)
+            add(name, NodeKind.STRUCTURAL, None, dyn, val, op=_op_name(target), factor=1.0)
         elif target in _CAT_TARGETS:
             parts = n.args[0] if n.args and isinstance(n.args[0], (list, tuple)) else n.kwargs.get("tensors", ())
             # every occurrence counts: cat([h, h]) doubles h's contribution, so duplicates are kept
             listed = [a for a in parts if isinstance(a, fx.Node) and a in dyn] or dyn
             batch_kept = all(isinstance(values.get(a), torch.Tensor) and values[a].shape[0] == val.shape[0]
                              for a in listed)
-            add(name, "cat" if batch_kept else "opaque", None, listed, val, op=_op_name(target))
+            add(name, NodeKind.CAT if batch_kept else NodeKind.OPAQUE, None, listed, val, op=_op_name(target))
         elif target in FUNCTION_OPS and len(dyn) == 1 and n.args and n.args[0] is dyn[0]:
             extra = list(n.args[1:])
             kwargs = {k: v for k, v in n.kwargs.items() if k != "inplace"}
-            add(name, "function", FUNCTION_OPS[target](tuple(extra), kwargs), dyn, val, op=_op_name(target))
+            add(name, NodeKind.FUNCTION, FUNCTION_OPS[target](tuple(extra), kwargs), dyn, val, op=_op_name(target))
         elif target in UNBOUNDED_FUNCTIONS:
-            add(name, "unbounded", None, dyn, val, op=_op_name(target))
+            add(name, NodeKind.UNBOUNDED, None, dyn, val, op=_op_name(target))
         else:
-            add(name, "opaque", None, dyn, val, op=_op_name(target))
+            add(name, NodeKind.OPAQUE, None, dyn, val, op=_op_name(target))
         names[n] = name
     return Graph(tuple(nodes))
 
@@ -376,7 +383,7 @@ def _trace_hooks(model: nn.Module, shape: tuple[int, ...]) -> Graph:
         for h in handles:
             h.remove()
     producer: dict[int, str] = {id(x): "input"}
-    nodes = [Node("input", "input", None, (), shape, shape)]
+    nodes = [Node("input", NodeKind.INPUT, None, (), shape, shape)]
     used = {"input"}
     for path, mod, inp, out in calls:
         # keep references alive in `calls` so that ids stay unique while we resolve them
@@ -394,11 +401,11 @@ def _trace_hooks(model: nn.Module, shape: tuple[int, ...]) -> Graph:
         while name in used:
             name, i = f"{path}_{i}", i + 1
         used.add(name)
-        nodes.append(Node(name, "module", mod, (src,), _shape(tensors[0]), _shape(out)))
+        nodes.append(Node(name, NodeKind.MODULE, mod, (src,), _shape(tensors[0]), _shape(out)))
         producer[id(out)] = name
     if not isinstance(y, torch.Tensor) or id(y) not in producer:
         raise _unsupported("model output: it is not a tensor produced by a traced layer")
-    nodes.append(Node("output", "output", None, (producer[id(y)],), _shape(y), _shape(y)))
+    nodes.append(Node("output", NodeKind.OUTPUT, None, (producer[id(y)],), _shape(y), _shape(y)))
     return Graph(tuple(nodes))
 
 
@@ -423,7 +430,7 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Graph:
         >>> [n.name for n in g.nodes if n.kind == "add"]
         ['add', 'add_1', 'add_2']
     """
-    shape = _check_shape(input_shape)
+    shape = check_shape(input_shape)
     if not isinstance(model, nn.Module):
         raise UsageError(f"Expected a torch.nn.Module but got {type(model).__name__}")
     from lipaudit.io.exported import from_aten, from_torchscript, is_aten_graph
@@ -437,9 +444,9 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Graph:
             x = _example_input(model, shape)
             out = _run(lambda: model(x), shape)
             name = type(model).__name__
-            return Graph((Node("input", "input", None, (), shape, shape),
-                          Node(name, "module", model, ("input",), shape, _shape(out)),
-                          Node("output", "output", None, (name,), _shape(out), _shape(out))))
+            return Graph((Node("input", NodeKind.INPUT, None, (), shape, shape),
+                          Node(name, NodeKind.MODULE, model, ("input",), shape, _shape(out)),
+                          Node("output", NodeKind.OUTPUT, None, (name,), _shape(out), _shape(out))))
         try:
             return _trace_fx(model, shape)
         except (fx.proxy.TraceError, TypeError, NotImplementedError, AttributeError):

@@ -1,16 +1,18 @@
-"""Small shared types: the norms and certification methods lipaudit knows, as enums."""
+"""Small shared types: norms, certification methods, statuses and severities (string enums: each member equals its
+JSON spelling, ``Method.CROWN == "CROWN"``), and the one :class:`Flag` record every stage raises."""
 
 from __future__ import annotations
 
 import enum
 import math
+from dataclasses import dataclass
 
 from lipaudit.errors import UsageError
 
-__all__ = ["Method", "Norm"]
+__all__ = ["Flag", "Method", "Norm", "Severity", "Status"]
 
 
-class Norm(enum.Enum):
+class Norm(enum.StrEnum):
     """An ℓp norm on the input (and, for operator norms, on the output) space.
 
     ``Norm.parse`` accepts the spellings users type: ``1``, ``l1``, ``2``, ``l2``, ``inf``, ``linf``, ``math.inf``.
@@ -18,6 +20,8 @@ class Norm(enum.Enum):
     Example:
         >>> Norm.parse("inf").dual
         <Norm.L1: '1'>
+        >>> Norm.LINF == "inf"
+        True
         >>> Norm.L2.p
         2.0
     """
@@ -55,7 +59,7 @@ class Norm(enum.Enum):
         return self.value
 
 
-class Method(enum.Enum):
+class Method(enum.StrEnum):
     """A bound-propagation method of auto_LiRPA, cheapest first."""
 
     IBP = "IBP"
@@ -76,3 +80,43 @@ class Method(enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class Severity(enum.StrEnum):
+    """How much a flag matters: ``INFO`` (a stated fact), ``WARNING`` (numbers may be optimistic), ``ERROR`` (numbers
+    are not trustworthy: a soundness failure or a broken check)."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Status(enum.StrEnum):
+    """Whether every stage of an audit finished (``COMPLETE``) or some failed or were interrupted (``PARTIAL``)."""
+
+    COMPLETE = "complete"
+    PARTIAL = "partial"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A finding of a stage or a cross-check.
+
+    Attributes:
+        code: stable identifier (``"soundness-violation"``, ``"zero-gradients"``, ``"stage-failed"``, ...).
+        severity: see :class:`Severity`.
+        message: one human-readable sentence with the numbers behind the finding.
+        stage: the stage that raised it (``"attacks"``, ``"cross-check"``, ...).
+    """
+
+    code: str
+    severity: Severity
+    message: str
+    stage: str = "attacks"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "severity", Severity(self.severity))
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready values."""
+        return {"code": self.code, "severity": str(self.severity), "message": self.message, "stage": self.stage}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lipaudit.audit.result import AccuracyRow, AuditResult, FlagRecord, SampleRecord, eps_key
+from lipaudit.audit.result import AccuracyRow, AuditResult, Flag, SampleRecord, eps_key
 
 
 def synthetic_result(n: int = 6, eps: tuple[float, ...] = (0.05, 0.1)) -> AuditResult:
@@ -35,7 +35,7 @@ def synthetic_result(n: int = 6, eps: tuple[float, ...] = (0.05, 0.1)) -> AuditR
         lipschitz={"norm": "inf", "upper_product": 3.0, "upper_graph": 3.0, "margin_upper": 4.0,
                    "empirical_lower": 1.0, "looseness": 3.0},
         accuracy=rows, samples=samples,
-        flags=[FlagRecord(code="example-flag", severity="warning", message="An example flag.")],
+        flags=[Flag(code="example-flag", severity="warning", message="An example flag.")],
         timing={"norms": 0.1, "attacks": 1.0},
         certification={"methods": ["CROWN"], "outcomes": []}, attacks={"names": ["PGD", "APGD-CE"]},
         examples=[{"index": 0, "eps": 0.05, "label": 0, "adv_prediction": 1, "clean": image, "adv": adv}],

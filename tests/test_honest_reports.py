@@ -102,12 +102,12 @@ def test_partial_audit_exits_5_and_lists_what_is_missing(digits_model: Path, tmp
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A stage that fails (a double of the norms stage raising) makes the audit partial: exit 5, the stage named,
     its figures absent, every other stage's figures present."""
-    import lipaudit.norms
+    import lipaudit.analysis
 
     def failing(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated norms failure")
 
-    monkeypatch.setattr(lipaudit.norms, "layer_norms", failing)
+    monkeypatch.setattr(lipaudit.analysis, "layer_norms", failing)
     res, data, html = _check(digits_model, tmp_path, "--no-radius")
     assert res.exit_code == 5, res.output
     assert [f["stage"] for f in data["failures"]] == ["norms"]

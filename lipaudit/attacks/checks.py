@@ -7,15 +7,13 @@ the losses) or are inconsistent. Each check is a small pure function returning a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipaudit.attacks.base import _view, lp_norm, project
-from lipaudit.types import Norm
+from lipaudit.types import Flag, Norm, Severity
 
 __all__ = [
     "Flag",
@@ -27,29 +25,6 @@ __all__ = [
     "check_randomness",
     "noise_attack",
 ]
-
-Severity = Literal["warning", "error"]
-
-
-@dataclass(frozen=True)
-class Flag:
-    """A sanity finding about an attack evaluation.
-
-    Attributes:
-        code: stable identifier (``"probability-outputs"``, ``"zero-gradients"``, ``"nan-gradients"``,
-            ``"randomized-forward"``, ``"large-eps-robust"``, ``"non-monotone"``, ``"weaker-than-noise"``).
-        severity: ``"warning"`` (numbers may be optimistic) or ``"error"`` (numbers are not trustworthy).
-        message: one human-readable sentence with the numbers behind the finding.
-    """
-
-    code: str
-    severity: Severity
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        """JSON-ready values."""
-        return {"code": self.code, "severity": self.severity, "message": self.message}
-
 
 def check_output_range(logits: Tensor, *, tol: float = 1e-4) -> list[Flag]:
     """Flag outputs that look like probabilities (rows in [0, 1] summing to 1) instead of logits.
@@ -70,7 +45,7 @@ def check_output_range(logits: Tensor, *, tol: float = 1e-4) -> list[Flag]:
         return [
             Flag(
                 "probability-outputs",
-                "warning",
+                Severity.WARNING,
                 "The model's outputs lie in [0, 1] and sum to 1 per sample: it seems to end in a softmax. Attacks and "
                 "certificates expect logits; remove the final softmax for a meaningful evaluation.",
             )
@@ -93,7 +68,7 @@ def check_gradients(model: nn.Module, x: Tensor, y: Tensor) -> list[Flag]:
         flags.append(
             Flag(
                 "nan-gradients",
-                "error",
+                Severity.ERROR,
                 f"The input gradient is NaN or infinite for {int(bad.sum())} of {x.shape[0]} samples; gradient-based "
                 "attacks cannot run there and their robust accuracy is not meaningful.",
             )
@@ -103,7 +78,7 @@ def check_gradients(model: nn.Module, x: Tensor, y: Tensor) -> list[Flag]:
         flags.append(
             Flag(
                 "zero-gradients",
-                "warning",
+                Severity.WARNING,
                 f"The input gradient of the cross-entropy is exactly zero for {int(zero.sum())} of {x.shape[0]} "
                 "samples (saturated or masked gradients); gradient-based attacks may overestimate robustness there.",
             )
@@ -123,7 +98,7 @@ def check_randomness(model: nn.Module, x: Tensor, *, tol: float = 1e-5) -> list[
         return [
             Flag(
                 "randomized-forward",
-                "error",
+                Severity.ERROR,
                 f"Two forward passes on the same inputs differ by up to {diff:.3g}: the model is randomised in eval "
                 "mode. Attack results on randomised defences need expectation over transformation (EOT).",
             )
@@ -149,7 +124,7 @@ def check_monotone(eps: Sequence[float], robust_accuracy: Sequence[float]) -> li
     return [
         Flag(
             "non-monotone",
-            "warning",
+            Severity.WARNING,
             f"Robust accuracy found by the attacks rises from {a0:.4f} at ε={e0:g} to {a1:.4f} at ε={e1:g}, although "
             "every perturbation allowed at the smaller ε is allowed at the larger one: the attacks are unreliable "
             "(reported accuracies take the worst case over smaller ε).",
@@ -167,7 +142,7 @@ def check_large_eps(robust_fraction: float, eps: float, distinct_predictions: in
         return [
             Flag(
                 "large-eps-robust",
-                "warning",
+                Severity.WARNING,
                 f"{robust_fraction:.2%} of the points resisted the attack at ε={eps:g}, where the ε-ball contains the "
                 "whole input box and other points are classified differently: a sign of gradient masking.",
             )
@@ -181,7 +156,7 @@ def check_noise_baseline(eps: float, noise_only: int, n: int) -> list[Flag]:
         return [
             Flag(
                 "weaker-than-noise",
-                "error",
+                Severity.ERROR,
                 f"At ε={eps:g}, random noise found adversarial points for {noise_only} of {n} samples that the attacks "
                 "missed: the gradient attacks are failing (masked gradients?). Those points are counted as attacked.",
             )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+
+from lipaudit.audit.result import Contradiction, OrderingViolation
 
 __all__ = ["ordering_violations", "soundness_violations"]
 
@@ -17,7 +18,7 @@ __all__ = ["ordering_violations", "soundness_violations"]
 def soundness_violations(
     certified: Mapping[str, Mapping[str, Sequence[bool]]],
     attacked: Mapping[str, Mapping[str, Sequence[bool]]],
-) -> list[dict[str, Any]]:
+) -> list[Contradiction]:
     """Every (sample, ε, method, attack) with the sample both certified by the method and broken by the attack.
 
     Args:
@@ -26,7 +27,7 @@ def soundness_violations(
 
     Example:
         >>> soundness_violations({"0.1": {"CROWN": [True, False]}}, {"0.1": {"PGD": [True, True]}})
-        [{'index': 0, 'eps': 0.1, 'method': 'CROWN', 'attack': 'PGD'}]
+        [Contradiction(index=0, eps=0.1, method='CROWN', attack='PGD')]
     """
     out = []
     for key, by_method in certified.items():
@@ -34,7 +35,7 @@ def soundness_violations(
             for attack, att in (attacked.get(key) or {}).items():
                 for i, (c, a) in enumerate(zip(cert, att)):
                     if c and a:
-                        out.append({"index": i, "eps": float(key), "method": method, "attack": attack})
+                        out.append(Contradiction(i, float(key), str(method), str(attack)))
     return out
 
 
@@ -45,14 +46,14 @@ def ordering_violations(
     *,
     rtol: float = 1e-6,
     atol: float = 1e-9,
-) -> list[dict[str, Any]]:
+) -> list[OrderingViolation]:
     """Samples where Lipschitz radius ≤ certified radius ≤ attack radius fails (beyond a float tolerance).
 
     Example:
         >>> ordering_violations([0.1, 0.1], {"CROWN": [0.2, 0.05]}, [0.3, 0.3])
-        [{'index': 1, 'lower': 'Lipschitz', 'lower_value': 0.1, 'upper': 'CROWN', 'upper_value': 0.05}]
+        [OrderingViolation(index=1, lower='Lipschitz', lower_value=0.1, upper='CROWN', upper_value=0.05)]
     """
-    out = []
+    out: list[OrderingViolation] = []
 
     def bad(lo: float | None, hi: float | None) -> bool:
         if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
@@ -64,11 +65,9 @@ def ordering_violations(
         for method, radii in radius_certified.items():
             cert = radii[i]
             if bad(lip, cert):
-                out.append({"index": i, "lower": "Lipschitz", "lower_value": lip, "upper": method,
-                            "upper_value": cert})
+                out.append(OrderingViolation(i, "Lipschitz", lip, str(method), cert))
             if bad(cert, att):
-                out.append({"index": i, "lower": method, "lower_value": cert, "upper": "attack",
-                            "upper_value": att})
+                out.append(OrderingViolation(i, str(method), cert, "attack", att))
         if bad(lip, att):
-            out.append({"index": i, "lower": "Lipschitz", "lower_value": lip, "upper": "attack", "upper_value": att})
+            out.append(OrderingViolation(i, "Lipschitz", lip, "attack", att))
     return out

@@ -1,11 +1,20 @@
-"""The full audit: norms → Lipschitz bounds → attacks → certification → radii → cross-checks.
+"""The full audit: analysis (graph + norms) → Lipschitz bounds → attacks → certification → radii → cross-checks.
 
-:func:`run_audit` only combines the stages' pure functions; it never prints. Each stage is timed; a stage that
-fails with a lipaudit error or a runtime error is recorded under ``failures`` and the audit goes on with the others;
-Ctrl-C (``KeyboardInterrupt``) stops the audit and returns what finished, marked ``partial``.
+:func:`run_audit` only combines the stages; it never prints. The model is traced once
+(:func:`lipaudit.analysis.analyse`) and parsed by auto_LiRPA once (one :class:`~lipaudit.certify.Certifier` serves
+every method, ε, the radius bisection and the cross-check). Each stage is timed; a stage that fails with a
+lipaudit error, or with an error raised outside lipaudit (by the model, torch or auto_LiRPA), is recorded under
+``failures`` and the audit goes on with the others; an error raised by lipaudit's own code is a bug and propagates.
+Ctrl-C (``KeyboardInterrupt``) stops the audit and returns what finished, marked partial.
 
-Cross-checks on every run: no sample certified (by any method, the Lipschitz certificate included) and attacked at
-the same ε (a *soundness violation*); per sample, Lipschitz radius ≤ certified radius ≤ attack radius.
+Cross-checks, each able to fail (a failure is a soundness failure: exit status 3):
+
+* no sample certified (by any method, the Lipschitz certificate included) and attacked at the same ε;
+* every certified Lipschitz upper bound at least the slope the gradients attain (``lipschitz-vs-gradients``);
+* the strongest method does *not* certify the ball of radius = attack radius around a sample, where the radius attack
+  found an adversarial example (``certify-at-attack-radius``; an independent bound computation, not the bisection's);
+* the radius bisection's brackets agree (``radius-brackets``);
+* per sample, Lipschitz radius ≤ certified radius ≤ attack radius.
 """
 
 from __future__ import annotations
@@ -15,26 +24,38 @@ import dataclasses
 import math
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lipaudit._modes import eval_mode
 from lipaudit._progress import NullProgress, Progress
-from lipaudit.audit.result import AccuracyRow, AuditResult, FlagRecord, SampleRecord, eps_key
-from lipaudit.errors import LipauditError, ModelEvaluationError, NonFiniteWeightError, UsageError, first_line
-from lipaudit.types import Method, Norm
+from lipaudit.audit.plan import AttackPlan, attack_budget, measure_pass, plan_attacks
+from lipaudit.audit.result import (
+    AccuracyRow,
+    AuditResult,
+    Certificate,
+    CrossCheck,
+    SampleRecord,
+    StageFailure,
+    Witness,
+    eps_key,
+)
+from lipaudit.errors import LipauditError, ModelEvaluationError, NonFiniteWeightError, UsageError, one_line
+from lipaudit.types import Flag, Method, Norm, Severity, Status
 
-__all__ = ["AuditConfig", "attack_budget", "default_methods", "in_model_normalization", "preflight", "run_audit"]
+if TYPE_CHECKING:  # names for annotations only (the modules are imported when a stage runs)
+    from lipaudit.analysis import Analysis
+    from lipaudit.lipschitz import LipschitzReport
 
-LIPSCHITZ = "Lipschitz"
-ENSEMBLE = "attack ensemble"
-BAB = "BaB"  # the complete verifier's method name in certified figures
-BAB_COUNTEREXAMPLE = "BaB counterexample"
+__all__ = ["AuditConfig", "Engines", "default_methods", "in_model_normalization", "preflight", "run_audit"]
+
+Auto = Literal["auto"]
 
 
 @dataclass(frozen=True)
@@ -44,8 +65,10 @@ class AuditConfig:
     Attributes:
         norm: the threat model's norm.
         eps: the ε values (input space, each in (0, 1]).
-        methods: certification methods to run at every ε, cheapest first.
-        radius_method: the method used for per-sample certified radii by bisection (``None``: no radii).
+        methods: certification methods to run at every ε, cheapest first; ``"auto"``: chosen from the model's size
+            (:func:`default_methods`).
+        radius_method: the method used for per-sample certified radii by bisection (``None``: no radii; ``"auto"``:
+            chosen with the methods).
         radius_tol: relative tolerance of the radius bisection.
         attack_radius: whether to run the minimal-norm attack for per-sample attack radii.
         attack_steps: iterations of each APGD attack of the ensemble (AutoAttack's standard: 100); ``None``: 100,
@@ -63,8 +86,8 @@ class AuditConfig:
 
     norm: Norm
     eps: tuple[float, ...]
-    methods: tuple[Method, ...] = (Method.IBP, Method.CROWN)
-    radius_method: Method | None = Method.CROWN
+    methods: tuple[Method, ...] | Auto = (Method.IBP, Method.CROWN)
+    radius_method: Method | Auto | None = Method.CROWN
     radius_tol: float = 0.02
     attack_radius: bool = True
     attack_steps: int | None = 100
@@ -93,58 +116,39 @@ class AuditConfig:
                 raise UsageError(f"Branch and bound (--complete) verifies ℓ∞ boxes; it cannot run with the "
                                  f"ℓ{self.norm} norm: use --norm inf or leave out --complete")
 
+    def resolved(self, analysis: Analysis | None) -> AuditConfig:
+        """The same configuration with ``"auto"`` methods chosen from ``analysis`` (IBP and CROWN without one)."""
+        if self.methods != "auto" and self.radius_method != "auto":
+            return self
+        methods, radius = default_methods(analysis) if analysis is not None else ((Method.IBP, Method.CROWN),
+                                                                                   Method.CROWN)
+        return dataclasses.replace(self, methods=methods if self.methods == "auto" else self.methods,
+                                   radius_method=radius if self.radius_method == "auto" else self.radius_method)
 
-def default_methods(model: nn.Module, input_shape: Sequence[int]) -> tuple[tuple[Method, ...], Method | None]:
-    """Certification methods that keep a default audit of ``model`` within minutes on a laptop CPU.
+    @property
+    def method_list(self) -> tuple[Method, ...]:
+        """The certification methods (empty while they are still ``"auto"``)."""
+        return () if self.methods == "auto" else self.methods
+
+    @property
+    def radius(self) -> Method | None:
+        """The radius method (``None`` while still ``"auto"`` or when no radii are asked for)."""
+        return None if self.radius_method == "auto" else self.radius_method
+
+
+def default_methods(analysis: Analysis) -> tuple[tuple[Method, ...], Method | None]:
+    """Certification methods that keep a default audit of the analysed model within minutes on a laptop CPU.
 
     The cost of CROWN grows with the number of hidden neurons times the input size; a measured rule of thumb on 2
     CPU cores: up to ~50k hidden activations CROWN costs a few hundredths of a second per sample, beyond that
     CROWN-IBP is the affordable choice.
     """
-    hidden = _hidden_activations(model, input_shape)
+    hidden = analysis.hidden_activations
     if hidden <= 50_000:
         return (Method.IBP, Method.CROWN), Method.CROWN
     if hidden <= 400_000:
         return (Method.IBP, Method.CROWN_IBP), Method.CROWN_IBP
     return (Method.IBP,), Method.IBP
-
-
-def _hidden_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Hidden activations per sample: from the traced graph, or, for a model the graph cannot trace, from forward
-    hooks on the activation modules (so that an untraceable model still gets a method choice and its attacks)."""
-    from lipaudit.graph import trace
-    from lipaudit.ops import OpKind, supported_types
-
-    pointwise = supported_types(OpKind.POINTWISE)
-    try:
-        graph = trace(model, input_shape)
-    except LipauditError:
-        return _hooked_activations(model, input_shape)
-    return sum(math.prod(node.output_shape) for node in graph.nodes
-               if node.kind in ("module", "function") and isinstance(node.module, pointwise))
-
-
-def _hooked_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
-    counts: list[int] = []
-
-    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-        if isinstance(out, Tensor):
-            counts.append(out[0].numel())
-
-    from lipaudit.ops import OpKind, supported_types
-
-    pointwise = supported_types(OpKind.POINTWISE)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, pointwise)]
-    try:
-        ref = next(iter(model.parameters()), None)
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=ref.device if ref is not None else None))
-    except Exception:  # the audit's own forward check reports a failing model; here only the count matters
-        return 0
-    finally:
-        for h in handles:
-            h.remove()
-    return sum(counts)
 
 
 def preflight(model: nn.Module, x: Tensor) -> Tensor:
@@ -185,97 +189,70 @@ def in_model_normalization(model: nn.Module) -> list[dict[str, Any]]:
             for name, m in model.named_modules() if isinstance(m, Normalize)]
 
 
-def attack_budget(attacks: Sequence[Any]) -> list[dict[str, Any]]:
-    """What each attack of the ensemble may spend: steps, restarts and target classes (for the threat-model card)."""
-    out = []
-    for a in attacks:
-        entry: dict[str, Any] = {"name": str(getattr(a, "name", type(a).__name__))}
-        for key in ("steps", "restarts", "n_targets"):
-            if hasattr(a, key) and (key != "n_targets" or getattr(a, "targeted", False)):
-                entry[key] = int(getattr(a, key))
-        out.append(entry)
-    return out
+# ---- the stage implementations ------------------------------------------------------------------------------------
+
+def _analyse(model: nn.Module, input_shape: tuple[int, ...]) -> Analysis:
+    from lipaudit.analysis import analyse
+
+    return analyse(model, input_shape)
+
+
+def _certifier(model: nn.Module, x_example: Tensor, norm: Norm, options: Any) -> Any:
+    from lipaudit.certify import Certifier
+
+    return Certifier(model, x_example, norm, options)
+
+
+def _attacks(*args: Any, **kwargs: Any) -> Any:
+    import lipaudit.attacks
+
+    return lipaudit.attacks.evaluate_attacks(*args, **kwargs)
+
+
+def _radius_attack(*args: Any, **kwargs: Any) -> Any:
+    import lipaudit.attacks
+
+    return lipaudit.attacks.minimal_adversarial_radius(*args, **kwargs)
+
+
+def _bab(model: nn.Module, input_shape: tuple[int, ...], options: Any) -> Any:
+    from lipaudit.certify.bab import BranchAndBound
+
+    return BranchAndBound(model, input_shape, options)
 
 
 @dataclass(frozen=True)
-class AttackPlan:
-    """The attack budget an audit runs with, and why.
+class Engines:
+    """The implementations :func:`run_audit` calls for each stage; tests pass doubles (a failing stage, an
+    interrupted one, a lying certifier). The defaults look the library's functions up when called.
 
     Attributes:
-        steps: APGD iterations per attack.
-        n_targets: target classes of APGD-T.
-        radius: whether the minimal-norm radius attack runs.
-        radius_requested: whether it was asked for (``radius`` is False for both "not asked" and "left out").
-        pass_s: measured seconds of one forward+backward pass per sample (``None`` when not measured).
-        projected_s: projected seconds of the ensemble at the standard budget (100 steps, 9 targets).
-        reduced: whether steps or targets were lowered to fit the budget.
+        analyse: ``(model, input_shape) → Analysis``.
+        certifier: ``(model, x_example, norm, CertifyOptions) → Certifier`` (one per audit).
+        attacks: :func:`lipaudit.attacks.evaluate_attacks`.
+        radius_attack: :func:`lipaudit.attacks.minimal_adversarial_radius`.
+        bab: ``(model, input_shape, BabOptions) → BranchAndBound``.
     """
 
-    steps: int
-    n_targets: int
-    radius: bool
-    pass_s: float | None = None
-    projected_s: float | None = None
-    reduced: bool = False
-    radius_requested: bool = True
-
-    @property
-    def radius_skipped(self) -> bool:
-        """Whether the radius attack was asked for and left out for the budget."""
-        return self.reduced and not self.radius and self.radius_requested
+    analyse: Callable[[nn.Module, tuple[int, ...]], Analysis] = _analyse
+    certifier: Callable[[nn.Module, Tensor, Norm, Any], Any] = _certifier
+    attacks: Callable[..., Any] = _attacks
+    radius_attack: Callable[..., Any] = _radius_attack
+    bab: Callable[[nn.Module, tuple[int, ...], Any], Any] = _bab
 
 
-#: Standard budget (AutoAttack): 100 APGD steps, 9 APGD-T targets; passes of the radius attack per sample.
-STANDARD_STEPS, STANDARD_TARGETS, RADIUS_PASSES = 100, 9, 730
+_PACKAGE = str(Path(__file__).resolve().parents[1])
 
 
-def ensemble_passes(n: int, n_eps: int, steps: int, n_targets: int) -> int:
-    """Forward+backward passes (sample-passes) of the ensemble at most: APGD-CE, APGD-DLR and APGD-T per ε, plus
-    the large-ε check.
-
-    Example:
-        >>> ensemble_passes(8, 3, 100, 9)
-        27200
-    """
-    return n * (n_eps * steps * (2 + n_targets) + steps)
-
-
-def plan_attacks(pass_s: float, n: int, n_eps: int, budget_s: float, radius: bool) -> AttackPlan:
-    """The largest budget within ``budget_s``: 100 steps and 9 targets if they fit, else fewer steps (down to 10),
-    then fewer targets (3, then 1); the radius attack only if it fits the budget on its own.
-
-    Example:
-        >>> plan_attacks(1e-4, 100, 3, 120.0, True).steps
-        100
-        >>> p = plan_attacks(0.05, 8, 3, 120.0, True)
-        >>> (p.steps, p.n_targets, p.radius, p.reduced)
-        (18, 3, False, True)
-    """
-    projected = ensemble_passes(n, n_eps, STANDARD_STEPS, STANDARD_TARGETS) * pass_s
-    fits_radius = radius and n * RADIUS_PASSES * pass_s <= budget_s
-    if projected <= budget_s:
-        return AttackPlan(STANDARD_STEPS, STANDARD_TARGETS, fits_radius, pass_s, projected, not fits_radius and radius,
-                          radius)
-    for targets in (STANDARD_TARGETS, 3, 1):
-        per_step = ensemble_passes(n, n_eps, 1, targets) * pass_s
-        steps = int(budget_s // per_step) if per_step > 0 else STANDARD_STEPS
-        if steps >= 10 or targets == 1:
-            return AttackPlan(max(10, min(STANDARD_STEPS, steps)), targets, fits_radius, pass_s, projected, True,
-                              radius)
-    raise AssertionError("unreachable")  # the loop returns at targets == 1
-
-
-def measure_pass(model: nn.Module, x: Tensor, y: Tensor, repeats: int = 3) -> float:
-    """Median seconds of one forward+backward pass per sample, on up to 8 of the audit's samples."""
-    batch = x[: min(8, x.shape[0])].detach().clone()
-    times = []
-    for _ in range(repeats):
-        z = batch.clone().requires_grad_(True)
-        start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(z), y[: batch.shape[0]])
-        torch.autograd.grad(loss, z)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] / batch.shape[0]
+def _raised_by_lipaudit(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback is lipaudit's own code (then it is a bug, not a stage
+    failure: the model, torch and auto_LiRPA raise from their own frames)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE)
 
 
 class _Stages:
@@ -283,7 +260,7 @@ class _Stages:
 
     def __init__(self) -> None:
         self.timing: dict[str, float] = {}
-        self.failures: list[dict[str, Any]] = []
+        self.failures: list[StageFailure] = []
         self.interrupted = False
 
     @contextmanager
@@ -293,34 +270,37 @@ class _Stages:
             yield
         except KeyboardInterrupt:
             self.interrupted = True
-            self.failures.append({"stage": name, "what": "interrupted", "message": "interrupted by the user"})
+            self.failures.append(StageFailure(name, "interrupted", "interrupted by the user"))
             raise
-        except (LipauditError, RuntimeError, ValueError) as err:
-            self.failures.append({"stage": name, "what": type(err).__name__, "message": _one_line(err)})
+        except LipauditError as err:
+            self.failures.append(StageFailure(name, type(err).__name__, one_line(err)))
+        except (RuntimeError, ValueError, TypeError, MemoryError) as err:
+            if _raised_by_lipaudit(err):
+                raise
+            self.failures.append(StageFailure(name, type(err).__name__, one_line(err)))
         finally:
             self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - start
 
 
-def _one_line(err: BaseException) -> str:
-    return (first_line(err) or type(err).__name__)[:300]
-
-
 @dataclass
 class _State:
-    """What the stages have produced so far (mutable while the audit runs)."""
+    """What the stages have produced so far (mutable while the audit runs); ε values are the config's floats."""
 
     n: int
-    layers: list[dict[str, Any]] = field(default_factory=list)
-    lipschitz: dict[str, Any] = field(default_factory=dict)
+    config: AuditConfig
+    analysis: Analysis | None = None
+    lipschitz: LipschitzReport | None = None
     prediction: Tensor | None = None
     radius_lipschitz: Tensor | None = None
-    robust_by_attack: dict[str, dict[str, float]] = field(default_factory=dict)  # eps key -> attack -> accuracy
-    worst_attacked: dict[str, Tensor] = field(default_factory=dict)  # eps key -> bool (N,)
+    robust_by_attack: dict[float, dict[str, float]] = field(default_factory=dict)  # eps -> attack -> accuracy
+    attacked: dict[float, Tensor] = field(default_factory=dict)  # eps -> bool (N,): the ensemble's successes
     radius_attack: Tensor | None = None
-    certified: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # eps key -> method -> bool (N,)
-    falsified: dict[str, Tensor] = field(default_factory=dict)  # eps key -> bool (N,): BaB counterexamples
-    radius_certified: dict[str, Tensor] = field(default_factory=dict)  # method -> radius (N,), nan = unknown
-    flags: list[FlagRecord] = field(default_factory=list)
+    certified: dict[float, dict[Certificate, Tensor]] = field(default_factory=dict)  # eps -> who -> bool (N,)
+    falsified: dict[float, Tensor] = field(default_factory=dict)  # eps -> bool (N,): BaB counterexamples
+    radius_certified: dict[Certificate, Tensor] = field(default_factory=dict)  # who -> radius (N,), nan = unknown
+    certifier: Any = None
+    crosschecks: list[CrossCheck] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
     attack_info: dict[str, Any] = field(default_factory=dict)
     cert_info: dict[str, Any] = field(default_factory=lambda: {"methods": [], "outcomes": []})
     examples: list[dict[str, Any]] = field(default_factory=list)
@@ -364,11 +344,14 @@ def run_audit(
     data_info: dict[str, Any],
     command: str = "",
     progress: Progress | None = None,
+    analysis: Analysis | None = None,
+    engines: Engines | None = None,
 ) -> AuditResult:
     """Audit ``model`` on the samples ``(x, y)`` under ``config``; never raises for a failing stage.
 
     Args:
-        model: the classifier as every stage sees it (normalisation included), in eval mode.
+        model: the classifier as every stage sees it (normalisation included); its train/eval modes are restored
+            afterwards (every stage runs in eval mode).
         x: inputs (N, C, H, W) in [0, 1], on the model's device.
         y: labels (N,).
         config: what to compute.
@@ -376,62 +359,76 @@ def run_audit(
         data_info: data name, split and seed.
         command: the command line that reproduces the audit.
         progress: receives per-stage progress.
+        analysis: the model's :class:`~lipaudit.analysis.Analysis` when the caller has it (else computed here).
+        engines: the stage implementations (default: the library's).
 
     Returns:
-        The result, ``status="partial"`` when interrupted or when a stage failed.
+        The result, status partial when interrupted or when a stage failed.
     """
     progress = progress or NullProgress()
-    n = int(x.shape[0])
-    input_shape = tuple(int(s) for s in x.shape[1:])
-    st = _State(n=n)
+    engines = engines or Engines()
+    st = _State(n=int(x.shape[0]), config=config, analysis=analysis)
     stages = _Stages()
     with eval_mode(model):  # every submodule in eval mode; the caller's modes come back afterwards
         logits = preflight(model, x)
         with contextlib.suppress(KeyboardInterrupt):  # _Stages marked the audit partial; keep what finished
-            _run_stages(model, logits, x, y, config, input_shape, st, stages, progress)
-        return _assemble(model, x, y, config, st, stages, model_info, data_info, command)
+            _run_stages(model, logits, x, y, st, stages, progress, engines)
+        return _assemble(model, x, y, st, stages, model_info, data_info, command)
 
 
-def _run_stages(model: nn.Module, logits: Tensor, x: Tensor, y: Tensor, config: AuditConfig,
-                input_shape: tuple[int, ...], st: _State, stages: _Stages, progress: Progress) -> None:
-    from lipaudit.lipschitz import upper as lip
-    from lipaudit.norms import layer_norms
+def _run_stages(model: nn.Module, logits: Tensor, x: Tensor, y: Tensor, st: _State, stages: _Stages,
+                progress: Progress, engines: Engines) -> None:
+    from lipaudit.lipschitz import lipschitz_radius
 
+    input_shape = tuple(int(s) for s in x.shape[1:])
     with stages.stage("clean"):
         st.prediction = logits.argmax(dim=1)  # the preflight's forward pass, not a second one
     correct = st.prediction == y if st.prediction is not None else torch.ones_like(y, dtype=torch.bool)
     with stages.stage("norms"):
-        st.layers = [layer.to_dict() for layer in layer_norms(model, input_shape)]
+        if st.analysis is None:
+            st.analysis = engines.analyse(model, input_shape)
+        if st.analysis.layers_error is not None:
+            raise st.analysis.layers_error
         progress("norms", 1, 1)
+    st.config = st.config.resolved(st.analysis)
+    config = st.config
     with stages.stage("lipschitz"):
-        report = lip.lipschitz_report(model, input_shape, config.norm, x, y)
-        st.lipschitz = report.to_dict()
+        if st.analysis is None:
+            raise ModelEvaluationError("no analysis of the model (the norms stage did not finish)")
+        report = st.analysis.lipschitz(config.norm, x, y)
+        st.lipschitz = report
         if report.status == "bounded":
-            bounds = lip.margin_lipschitz(model, input_shape, config.norm)
-            st.radius_lipschitz = lip.lipschitz_radius(model, x, y, config.norm, margin_bounds=bounds).detach()
+            bounds = st.analysis.margin_bounds(config.norm)
+            st.radius_lipschitz = lipschitz_radius(model, x, y, config.norm, margin_bounds=bounds).detach()
+            wrong = report.contradictions()
+            st.crosschecks.append(CrossCheck(
+                "lipschitz-vs-gradients", not wrong, 3,
+                "certified Lipschitz upper bounds (product, graph, margin) ≥ the slopes the gradients attain"
+                + (f": {'; '.join(wrong)}" if wrong else ""),
+                tuple({"figure": w} for w in wrong)))
         else:  # a stated property of the model, not a failure: the other stages run as usual
-            st.flags.append(FlagRecord(code=f"lipschitz-{report.status}", severity="info", stage="lipschitz",
-                                       message=f"No whole-network Lipschitz bound: {report.reason}"))
+            st.flags.append(Flag(code=f"lipschitz-{report.status}", severity=Severity.INFO, stage="lipschitz",
+                                 message=f"No whole-network Lipschitz bound: {report.reason}"))
         progress("lipschitz", 1, 1)
-    _run_attacks(model, x, y, config, st, stages, progress)
-    _run_certification(model, x, y, config, correct, st, stages, progress)
+    _run_attacks(model, x, y, config, st, stages, progress, engines)
+    _run_certification(model, x, y, config, correct, st, stages, progress, engines)
 
 
 def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _State, stages: _Stages,
-                 progress: Progress) -> None:
-    from lipaudit.attacks import evaluate_attacks, minimal_adversarial_radius
+                 progress: Progress, engines: Engines) -> None:
     from lipaudit.attacks.ensemble import default_attacks
 
     with stages.stage("attacks"):
         plan = _attack_plan(model, x, y, config)
         attacks = default_attacks(config.norm, steps=plan.steps, n_targets=plan.n_targets, seed=config.seed)
-        report = evaluate_attacks(model, x, y, config.norm, list(config.eps), attacks=attacks, seed=config.seed,
-                                  progress=progress)
+        report = engines.attacks(model, x, y, config.norm, list(config.eps), attacks=attacks, seed=config.seed,
+                                 progress=progress)
+        by_key = {eps_key(e): e for e in config.eps}
         for res in report.results:
-            key = eps_key(res.eps)
-            st.worst_attacked[key] = torch.tensor(res.attacked, dtype=torch.bool)
-            st.robust_by_attack[key] = {s.name: float(s.robust_accuracy_after) for s in res.per_attack}
-        st.flags.extend(FlagRecord(code=f.code, severity=f.severity, message=f.message, stage="attacks")
+            eps = by_key.get(eps_key(res.eps), float(res.eps))
+            st.attacked[eps] = torch.tensor(res.attacked, dtype=torch.bool)
+            st.robust_by_attack[eps] = {s.name: float(s.robust_accuracy_after) for s in res.per_attack}
+        st.flags.extend(Flag(code=f.code, severity=f.severity, message=f.message, stage="attacks")
                         for f in report.flags)
         summary = report.to_dict()
         for row in summary["results"]:
@@ -443,11 +440,11 @@ def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st
                                      "forward_samples": sum(a.forward_samples for a in spent),
                                      "backward_samples": sum(a.backward_samples for a in spent)},
                           **summary}
-        st.examples = _examples(model, x, y, report.results, config.max_examples)
+        st.examples = _examples(model, x, y, st.prediction, report.results, config.max_examples)
         st.attack_info["plan"] = {**dataclasses.asdict(plan), "radius_skipped": plan.radius_skipped}
         if plan.reduced:
-            st.flags.append(FlagRecord(
-                code="attack-budget-reduced", severity="info", stage="attacks",
+            st.flags.append(Flag(
+                code="attack-budget-reduced", severity=Severity.INFO, stage="attacks",
                 message=f"Attacks ran with {plan.steps} APGD steps and {plan.n_targets} APGD-T targets"
                         f"{', without the minimal-norm radius' if plan.radius_skipped else ''}"
                         f" to fit the {config.attack_budget_s:g} s attack budget (the standard 100 steps and 9 targets "
@@ -455,7 +452,7 @@ def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st
                         "raise --attack-budget or pass --attack-steps 100 for the standard budget"))
     if config.attack_radius and st.attack_info.get("plan", {}).get("radius", True):  # unless left out for time
         with stages.stage("attack radius"):
-            radius = minimal_adversarial_radius(model, x, y, config.norm, seed=config.seed, progress=progress)
+            radius = engines.radius_attack(model, x, y, config.norm, seed=config.seed, progress=progress)
             st.radius_attack = torch.tensor(radius.radius, dtype=torch.float64)
             st.attack_info["radius"] = {k: v for k, v in radius.to_dict().items() if k not in ("radius", "source")}
 
@@ -468,17 +465,16 @@ def _attack_plan(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig) ->
     return plan_attacks(pass_s, int(x.shape[0]), len(config.eps), config.attack_budget_s, config.attack_radius)
 
 
-def _examples(model: nn.Module, x: Tensor, y: Tensor, results: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+def _examples(model: nn.Module, x: Tensor, y: Tensor, prediction: Tensor | None, results: Sequence[Any],
+              limit: int) -> list[dict[str, Any]]:
     """Up to ``limit`` adversarial examples, each at the smallest ε where the sample was broken."""
     out: list[dict[str, Any]] = []
-    with torch.no_grad():
-        clean_pred = model(x).argmax(1)
     seen: set[int] = set()
     for res in results:
         for i, hit in enumerate(res.attacked):
             if len(out) >= limit:
                 return out
-            if not hit or i in seen or int(clean_pred[i]) != int(y[i]):
+            if not hit or i in seen or prediction is None or int(prediction[i]) != int(y[i]):
                 continue
             seen.add(i)
             adv = res.x_adv[i:i + 1]
@@ -490,8 +486,8 @@ def _examples(model: nn.Module, x: Tensor, y: Tensor, results: Sequence[Any], li
     return out
 
 
-def _known_certified(st: _State, method: str, eps: Sequence[float]) -> Tensor:
-    """Per sample, the largest radius already certified: the Lipschitz radius or an ε ``method`` certified.
+def _known_certified(st: _State, who: Certificate, eps: Sequence[float]) -> Tensor:
+    """Per sample, the largest radius already certified: the Lipschitz radius or an ε ``who`` certified.
 
     Starting the radius bisection there saves the bound computations the ε sweep has already done.
     """
@@ -499,28 +495,35 @@ def _known_certified(st: _State, method: str, eps: Sequence[float]) -> Tensor:
     if st.radius_lipschitz is not None:
         known = torch.nan_to_num(st.radius_lipschitz.detach().cpu().to(torch.float64), nan=0.0, posinf=0.0)
     for e in eps:
-        done = st.certified.get(eps_key(e), {}).get(method)
+        done = st.certified.get(e, {}).get(who)
         if done is not None:
             known = torch.where(done.cpu(), torch.clamp(known, min=e), known)
     return known
 
 
-def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, correct: Tensor, st: _State,
-                       stages: _Stages, progress: Progress) -> None:
-    from lipaudit.certify import CertifyOptions, certified_radius, certify
+def _the_certifier(model: nn.Module, x: Tensor, config: AuditConfig, st: _State, engines: Engines) -> Any:
+    """The audit's one certifier (auto_LiRPA parses the model once), built on first use."""
+    if st.certifier is None:
+        from lipaudit.certify import CertifyOptions
 
-    options = CertifyOptions(memory_budget_gb=config.memory_budget_gb, time_budget_s=config.time_budget_s)
+        options = CertifyOptions(memory_budget_gb=config.memory_budget_gb, time_budget_s=config.time_budget_s)
+        st.certifier = engines.certifier(model, x[:1], config.norm, options)
+    return st.certifier
+
+
+def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, correct: Tensor, st: _State,
+                       stages: _Stages, progress: Progress, engines: Engines) -> None:
     idx = torch.nonzero(correct.cpu(), as_tuple=False).flatten()
-    st.cert_info["methods"] = [str(m) for m in config.methods]
-    total = len(config.methods) * len(config.eps)
+    methods = config.method_list
+    st.cert_info["methods"] = [str(m) for m in methods]
+    total = len(methods) * len(config.eps)
     done = 0
-    for method in config.methods:
+    for method in methods:
         for eps in config.eps:
-            key = eps_key(eps)
             with stages.stage(f"certify {method}"):
                 flags = torch.zeros(st.n, dtype=torch.bool)
                 if idx.numel():
-                    res = certify(model, x[idx], y[idx], config.norm, eps, method, options=options)
+                    res = _the_certifier(model, x, config, st, engines).certify(x[idx], y[idx], eps, method)
                     flags[idx] = res.certified.cpu()
                     counts = {k.replace("-", "_"): res.status.count(k)
                               for k in ("certified", "not-certified", "error", "timeout")}
@@ -531,56 +534,98 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
                                                      "time_s": res.time_s})
                     if counts["error"] == idx.numel():  # nothing was bounded: no figure for this method at this ε
                         continue
-                st.certified.setdefault(key, {})[str(method)] = flags
+                st.certified.setdefault(eps, {})[Certificate.of(method)] = flags
             done += 1
             progress("certify", done, total)
     if config.complete_budget_s is not None and idx.numel():
         with stages.stage("certify BaB"):
-            _run_complete(model, x, y, config, idx, st, progress)
-    if config.radius_method is not None and idx.numel():
-        method = config.radius_method
+            _run_complete(model, x, y, config, idx, st, progress, engines)
+    radius_method = config.radius
+    if radius_method is not None and idx.numel():
         with stages.stage("certified radius"):
-            lower = _known_certified(st, str(method), config.eps)[idx]
-            upper = st.radius_attack[idx] if st.radius_attack is not None else None
-            rres = certified_radius(model, x[idx], y[idx], config.norm, method, lower=lower, upper=upper,
-                                    tol=config.radius_tol, options=options, progress=progress)
-            radius = torch.full((st.n,), math.nan, dtype=torch.float64)
-            radius[idx] = torch.tensor([math.nan if r is None else r for r in rres.radius], dtype=torch.float64)
-            radius[~correct.cpu()] = 0.0
-            st.radius_certified[str(method)] = radius
-            st.cert_info["radius"] = {"method": str(method), "bound_computations": sum(rres.computations),
-                                      "per_sample_mean": sum(rres.computations) / max(1, len(rres.computations)),
-                                      "tol": config.radius_tol, "time_s": rres.time_s,
-                                      "methods_used": sorted({m for m in rres.method_used if m})}
+            _run_radius(model, x, y, config, radius_method, correct, idx, st, progress, engines)
+    strongest = radius_method or (methods[-1] if methods else None)
+    if strongest is not None and st.radius_attack is not None and idx.numel():
+        with stages.stage("cross-check"):
+            st.crosschecks.append(_certify_at_attack_radius(x, y, config, strongest, idx, st, engines, model))
+
+
+def _run_radius(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, method: Method, correct: Tensor,
+                idx: Tensor, st: _State, progress: Progress, engines: Engines) -> None:
+    from lipaudit.certify import certified_radius
+
+    who = Certificate.of(method)
+    lower = _known_certified(st, who, config.eps)[idx]
+    upper = st.radius_attack[idx] if st.radius_attack is not None else None
+    certifier = _the_certifier(model, x, config, st, engines)
+    rres = certified_radius(model, x[idx], y[idx], config.norm, method, lower=lower, upper=upper,
+                            tol=config.radius_tol, certifier=certifier, progress=progress)
+    radius = torch.full((st.n,), math.nan, dtype=torch.float64)
+    radius[idx] = torch.tensor([math.nan if r is None else r for r in rres.radius], dtype=torch.float64)
+    radius[~correct.cpu()] = 0.0
+    st.radius_certified[who] = radius
+    st.cert_info["radius"] = {"method": str(method), "bound_computations": sum(rres.computations),
+                              "per_sample_mean": sum(rres.computations) / max(1, len(rres.computations)),
+                              "tol": config.radius_tol, "time_s": rres.time_s,
+                              "methods_used": sorted({m for m in rres.method_used if m})}
+    bad = [{"index": int(idx[k]), "message": rres.message[k] or ""} for k, s in enumerate(rres.status)
+           if s == "inconsistent"]
+    st.crosschecks.append(CrossCheck(
+        "radius-brackets", not bad, len(rres.status),
+        "the radius bisection's lower bracket (Lipschitz radius, ε certified by the sweep) ≤ its upper bracket "
+        "(attack radius)" + (f": {len(bad)} sample(s) with lower > upper" if bad else ""), tuple(bad)))
+
+
+def _certify_at_attack_radius(x: Tensor, y: Tensor, config: AuditConfig, method: Method, idx: Tensor, st: _State,
+                              engines: Engines, model: nn.Module) -> CrossCheck:
+    """Bound each sample at ε = its attack radius, where an adversarial example exists: no sound method may
+    certify that ball. One batched call with per-sample boxes for ℓ∞, one call per sample for ℓ2 / ℓ1."""
+    assert st.radius_attack is not None
+    radius = st.radius_attack.detach().cpu().to(torch.float64)
+    cap = 1.0 if config.norm is Norm.LINF else math.inf
+    todo = [int(i) for i in idx.tolist() if math.isfinite(float(radius[i])) and 0.0 < float(radius[i]) <= cap]
+    certifier = _the_certifier(model, x, config, st, engines)
+    certified: list[int] = []
+    if todo and config.norm is Norm.LINF:
+        eps = radius[todo].to(x.dtype).to(x.device)
+        outcomes = certifier.certify_batch(x[todo], y[todo], eps, method)
+        certified = [i for i, o in zip(todo, outcomes, strict=True) if o.status == "certified"]
+    else:
+        for i in todo:
+            outcome = certifier.certify_batch(x[i:i + 1], y[i:i + 1], float(radius[i]), method)[0]
+            if outcome.status == "certified":
+                certified.append(i)
+    failures = tuple({"index": i, "eps": float(radius[i]), "method": str(method)} for i in certified)
+    detail = (f"{method} bounds at ε = each sample's attack radius, where the radius attack found an adversarial "
+              f"example: none may certify" + (f"; {len(certified)} did (samples {certified[:8]})" if certified else ""))
+    return CrossCheck("certify-at-attack-radius", not certified, len(todo), detail, failures)
 
 
 def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, idx: Tensor, st: _State,
-                  progress: Progress) -> None:
+                  progress: Progress, engines: Engines) -> None:
     """Branch and bound on the samples no method certified and no attack broke, at each ε (ascending)."""
-    from lipaudit.certify.bab import BabOptions, BranchAndBound
+    from lipaudit.certify.bab import BabOptions
     from lipaudit.certify.spec import Verdict, robustness_property
 
     assert config.complete_budget_s is not None
-    bab = BranchAndBound(model, tuple(int(v) for v in x.shape[1:]),
-                         BabOptions(timeout_s=config.complete_budget_s, seed=config.seed))
+    bab = engines.bab(model, tuple(int(v) for v in x.shape[1:]),
+                      BabOptions(timeout_s=config.complete_budget_s, seed=config.seed))
     with torch.no_grad():
         k = int(model(x[:1]).shape[1])
     chosen = set(idx.tolist())
     ascending = sorted(set(config.eps))  # a counterexample carries over to every larger ε
     certified_before, todo_per_eps = [], []
     for eps in ascending:
-        key = eps_key(eps)
         certified_any = torch.zeros(st.n, dtype=torch.bool)
-        for flags in st.certified.get(key, {}).values():
+        for flags in st.certified.get(eps, {}).values():
             certified_any |= flags.cpu()
-        done = certified_any | st.worst_attacked.get(key, torch.zeros(st.n, dtype=torch.bool)).cpu()
+        done = certified_any | st.attacked.get(eps, torch.zeros(st.n, dtype=torch.bool)).cpu()
         certified_before.append(certified_any)
         todo_per_eps.append([i for i in range(st.n) if i in chosen and not bool(done[i])])
     total, finished = sum(len(t) for t in todo_per_eps), 0
     rows = []
     falsified_before = torch.zeros(st.n, dtype=torch.bool)
     for eps, todo, certified_any in zip(ascending, todo_per_eps, certified_before, strict=True):
-        key = eps_key(eps)
         verified = torch.zeros(st.n, dtype=torch.bool)
         falsified = falsified_before.clone()  # a counterexample at a smaller ε lies in every larger ball
         verdicts: list[str | None] = [None] * st.n
@@ -596,8 +641,8 @@ def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, i
                 falsified[i] = res.verdict is Verdict.FALSIFIED
             finished += 1
             progress("BaB", finished, total)
-        st.certified.setdefault(key, {})[BAB] = certified_any | verified  # complete: includes what bounds proved
-        st.falsified[key] = falsified
+        st.certified.setdefault(eps, {})[Certificate.BAB] = certified_any | verified  # complete: what bounds proved
+        st.falsified[eps] = falsified
         falsified_before = falsified
         rows.append({"eps": eps, "undecided_before": len(todo), "verified": int(verified.sum()),
                      "falsified": sum(v == Verdict.FALSIFIED.value for v in verdicts),
@@ -606,41 +651,43 @@ def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, i
     st.cert_info["complete"] = {"budget_s": config.complete_budget_s, "results": rows}
 
 
-def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _State, stages: _Stages,
-              model_info: dict[str, Any], data_info: dict[str, Any], command: str) -> AuditResult:
+def _assemble(model: nn.Module, x: Tensor, y: Tensor, st: _State, stages: _Stages, model_info: dict[str, Any],
+              data_info: dict[str, Any], command: str) -> AuditResult:
     from lipaudit.audit.crosscheck import ordering_violations, soundness_violations
 
-    n = st.n
+    config, n = st.config, st.n
     labels = [int(v) for v in y.tolist()]
     preds = [int(v) for v in st.prediction.tolist()] if st.prediction is not None else [-1] * n
-    correct = [p == t for p, t in zip(preds, labels)]
+    correct = [p == t for p, t in zip(preds, labels, strict=True)]
     lip_r = _radii(st.radius_lipschitz, n)
     att_r = _radii(st.radius_attack, n)
-    cert_r = {m: _radii(r, n) for m, r in st.radius_certified.items()}
+    cert_r = {who: _radii(r, n) for who, r in st.radius_certified.items()}
 
     certified: dict[str, dict[str, list[bool]]] = {}
     attacked: dict[str, dict[str, list[bool]]] = {}
     rows: list[AccuracyRow] = []
     for eps in config.eps:
         key = eps_key(eps)
-        by_method = {m: [c and b for c, b in zip(correct, _bools(t, n))] for m, t in st.certified.get(key, {}).items()}
+        by_who: dict[str, list[bool]] = {who: [c and b for c, b in zip(correct, _bools(t, n), strict=True)]
+                                         for who, t in st.certified.get(eps, {}).items()}
         if st.radius_lipschitz is not None:
-            by_method[LIPSCHITZ] = [c and r is not None and r > eps for c, r in zip(correct, lip_r)]
-        ran_attacks = key in st.worst_attacked
-        worst = [not c or b for c, b in zip(correct, _bools(st.worst_attacked.get(key), n))]
-        certified[key] = by_method
-        attacked[key] = {ENSEMBLE: worst} if ran_attacks else {}
-        robust = dict(st.robust_by_attack.get(key, {}))
-        if key in st.falsified:  # checked counterexamples of branch and bound count as attacks
-            found = _bools(st.falsified[key], n)
-            attacked[key][BAB_COUNTEREXAMPLE] = [not c or b for c, b in zip(correct, found)]
-            worst = [w or b for w, b in zip(worst, found)]
-            robust[BAB_COUNTEREXAMPLE] = sum(not b for b in worst) / n
+            by_who[Certificate.LIPSCHITZ] = [c and r is not None and r > eps for c, r in zip(correct, lip_r,
+                                                                                            strict=True)]
+        ran_attacks = eps in st.attacked
+        worst = [not c or b for c, b in zip(correct, _bools(st.attacked.get(eps), n), strict=True)]
+        certified[key] = by_who
+        attacked[key] = {Witness.ENSEMBLE: worst} if ran_attacks else {}
+        robust = dict(st.robust_by_attack.get(eps, {}))
+        if eps in st.falsified:  # checked counterexamples of branch and bound count as attacks
+            found = _bools(st.falsified[eps], n)
+            attacked[key][Witness.BAB_COUNTEREXAMPLE] = [not c or b for c, b in zip(correct, found, strict=True)]
+            worst = [w or b for w, b in zip(worst, found, strict=True)]
+            robust[Witness.BAB_COUNTEREXAMPLE] = sum(not b for b in worst) / n
             ran_attacks = True  # branch and bound searched every sample no bound certified
         rows.append(AccuracyRow(
             eps=eps,
             clean=sum(correct) / n,
-            certified={m: sum(v) / n for m, v in by_method.items()},
+            certified={who: sum(v) / n for who, v in by_who.items()},
             robust=robust,
             worst_case=sum(not b for b in worst) / n if ran_attacks else None,  # never a number nobody measured
         ))
@@ -650,36 +697,44 @@ def _assemble(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _
         samples.append(SampleRecord(
             index=i, label=labels[i], prediction=preds[i],
             radius_lipschitz=lip_r[i] if correct[i] else 0.0,
-            radius_certified={m: (r[i] if correct[i] else 0.0) for m, r in cert_r.items()},
+            radius_certified={who: (r[i] if correct[i] else 0.0) for who, r in cert_r.items()},
             radius_attack=att_r[i] if correct[i] else 0.0,
             certified_at={key: any(v[i] for v in certified[key].values()) for key in certified},
             attacked_at={key: any(v[i] for v in attacked[key].values()) or not correct[i]
                          for key in attacked if attacked[key]},  # only where an attack ran
-            certified_method_at={key: next((m for m, v in certified[key].items() if v[i]), None) for key in certified},
+            certified_method_at={key: next((who for who, v in certified[key].items() if v[i]), None)
+                                 for key in certified},
         ))
     sound = soundness_violations(certified, attacked)
     order = ordering_violations([s.radius_lipschitz for s in samples],
-                                {m: [s.radius_certified[m] for s in samples] for m in cert_r},
+                                {who: [s.radius_certified[who] for s in samples] for who in cert_r},
                                 [s.radius_attack for s in samples])
     flags = list(st.flags)
     if sound:
-        flags.insert(0, FlagRecord(code="soundness-violation", severity="error", stage="cross-check",
-                                   message=f"{len(sound)} certified sample(s) were broken by an attack at the same ε: "
-                                           "a verifier is unsound on this model; do not trust its certificates."))
+        flags.insert(0, Flag(code="soundness-violation", severity=Severity.ERROR, stage="cross-check",
+                             message=f"{len(sound)} certified sample(s) were broken by an attack at the same ε: "
+                                     "a verifier is unsound on this model; do not trust its certificates."))
+    for check in st.crosschecks:
+        if not check.holds:
+            flags.insert(0, Flag(code=f"soundness-{check.name}", severity=Severity.ERROR, stage="cross-check",
+                                 message=f"Cross-check {check.name} failed: {check.detail}. A bound is wrong; do not "
+                                         "trust the certificates of this audit."))
     if order:
-        flags.append(FlagRecord(code="radius-ordering", severity="error", stage="cross-check",
-                                message=f"Lipschitz ≤ certified ≤ attack radius failed for {len(order)} sample(s)."))
+        flags.append(Flag(code="radius-ordering", severity=Severity.ERROR, stage="cross-check",
+                          message=f"Lipschitz ≤ certified ≤ attack radius failed for {len(order)} sample(s)."))
     for f in stages.failures:
-        flags.append(FlagRecord(code="stage-failed", severity="warning", stage=str(f["stage"]),
-                                message=f"{f['what']}: {f['message']}"))
-    status = "partial" if stages.interrupted or stages.failures else "complete"
+        flags.append(Flag(code="stage-failed", severity=Severity.WARNING, stage=f.stage,
+                          message=f"{f.what}: {f.message}"))
+    status = Status.PARTIAL if stages.interrupted or stages.failures else Status.COMPLETE
+    analysis = st.analysis
     return AuditResult(
         model={**model_info, "normalization_in_model": in_model_normalization(model)},
         threat_model={"norm": str(config.norm), "eps": list(config.eps), "n": n,
                       "denominator": "all n evaluated samples (misclassified samples count as not robust)",
                       **data_info},
-        layers=st.layers, lipschitz=st.lipschitz, accuracy=rows, samples=samples, flags=flags,
-        timing=dict(stages.timing), status=status, failures=stages.failures, soundness_violations=sound,
-        ordering_violations=order, certification=st.cert_info, attacks=st.attack_info, examples=st.examples,
+        layers=analysis.layers if analysis is not None else (), lipschitz=st.lipschitz, accuracy=rows,
+        samples=samples, flags=flags, timing=dict(stages.timing), status=status, failures=stages.failures,
+        soundness_violations=sound, ordering_violations=order, crosschecks=st.crosschecks,
+        certification=st.cert_info, attacks=st.attack_info, examples=st.examples,
         environment=environment(x.device), command=command,
     )

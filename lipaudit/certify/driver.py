@@ -14,7 +14,7 @@ from lipaudit._progress import Progress
 from lipaudit.certify import _resources
 from lipaudit.certify.lirpa import LIRPA_ERRORS, BoundEngine, margin_matrix, validate_inputs
 from lipaudit.certify.options import CertifyOptions
-from lipaudit.errors import ShapeError, UnsupportedLayerError, first_line
+from lipaudit.errors import ShapeError, UnsupportedLayerError, UsageError, first_line
 from lipaudit.types import Method, Norm
 
 __all__ = ["STATUSES", "Certifier", "CertifyResult", "certify"]
@@ -135,7 +135,8 @@ class Certifier:
             modes = modes[:1]
         return [(m, md) for m in chain for md in modes]
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method, mode: str) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, method: Method,
+             mode: str) -> torch.Tensor:
         c = margin_matrix(y, self.num_classes).to(dtype=x.dtype)
         self.computations += 1
         with _resources.deadline(self.options.time_budget_s * x.shape[0]):
@@ -151,8 +152,15 @@ class Certifier:
         per_sample = max(peak - base, 16 * 2**20)
         return int(max(1, min(cap, (self.options.memory_budget_bytes - base) // per_sample)))
 
-    def certify_batch(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method) -> list[_Outcome]:
-        """Margin lower bounds for every sample, with OOM halving, time budgets and fallbacks."""
+    def certify_batch(self, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
+                      method: Method) -> list[_Outcome]:
+        """Margin lower bounds for every sample, with OOM halving, time budgets and fallbacks.
+
+        ``eps`` is one radius for the batch or, for ℓ∞, a tensor with one radius per sample (per-sample boxes, one
+        bound computation for the whole batch).
+        """
+        if isinstance(eps, torch.Tensor) and eps.shape != (x.shape[0],):
+            raise UsageError(f"Expected one ε per sample, shape ({x.shape[0]},), but got {tuple(eps.shape)}")
         outcomes = [_Outcome() for _ in range(x.shape[0])]
         pending = list(range(x.shape[0]))
         attempts = self.attempts(method)
@@ -168,8 +176,8 @@ class Certifier:
         return outcomes
 
     def _attempt(
-        self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method, mode: str, todo: list[int],
-        outcomes: list[_Outcome],
+        self, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, method: Method, mode: str,
+        todo: list[int], outcomes: list[_Outcome],
     ) -> list[int]:
         """Run one (method, mode) on the samples ``todo``; return those it failed on.
 
@@ -186,7 +194,8 @@ class Certifier:
             base = _resources.rss_bytes() if probing and _resources.reset_peak_rss() else None
             chunk, rest = queue[: self._batch or 1], queue[self._batch or 1 :]
             try:
-                margins = self._run(x[chunk], y[chunk], eps, method, mode)
+                margins = self._run(x[chunk], y[chunk], eps[chunk] if isinstance(eps, torch.Tensor) else eps,
+                                    method, mode)
             except _resources.Deadline as err:
                 self.engine.discard()
                 self._last_error = _one_line(err)

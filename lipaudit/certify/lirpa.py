@@ -285,16 +285,24 @@ class BoundEngine:
         """Forget built modules (after an exception a ``BoundedModule`` may be left broken)."""
         self._bounded.clear()
 
-    def perturbation(self, x: torch.Tensor, eps: float) -> Any:
-        """The input set: ℓ∞ ball ∩ [0, 1] box (per-sample ``x_L``/``x_U``), or an ℓp ball."""
+    def perturbation(self, x: torch.Tensor, eps: float | torch.Tensor) -> Any:
+        """The input set: ℓ∞ ball ∩ [0, 1] box (per-sample ``x_L``/``x_U``), or an ℓp ball.
+
+        For ℓ∞, ``eps`` may be a tensor of one radius per sample (each sample gets its own box); the other norms take
+        one ε for the batch.
+        """
         if self.norm is Norm.LINF:
-            x_l = torch.minimum((x - eps).clamp(min=0.0), x)
-            x_u = torch.maximum((x + eps).clamp(max=1.0), x)
-            return self.lirpa.PerturbationLpNorm(norm=math.inf, eps=eps, x_L=x_l, x_U=x_u)
+            radius = eps.to(x).reshape(-1, *([1] * (x.dim() - 1))) if isinstance(eps, torch.Tensor) else eps
+            x_l = torch.minimum((x - radius).clamp(min=0.0), x)
+            x_u = torch.maximum((x + radius).clamp(max=1.0), x)
+            scalar = float(eps.max()) if isinstance(eps, torch.Tensor) else eps
+            return self.lirpa.PerturbationLpNorm(norm=math.inf, eps=scalar, x_L=x_l, x_U=x_u)
+        if isinstance(eps, torch.Tensor):
+            raise UsageError(f"Per-sample ε is supported for the ℓ∞ norm only, not ℓ{self.norm}")
         return self.lirpa.PerturbationLpNorm(norm=self.norm.p, eps=eps)
 
     def bounds(
-        self, x: torch.Tensor, eps: float, method: Method, conv_mode: str, c: torch.Tensor | None
+        self, x: torch.Tensor, eps: float | torch.Tensor, method: Method, conv_mode: str, c: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Lower (and, without ``c``, upper) bounds of ``c @ f`` (or of ``f``) over the input set."""
         alpha = method is Method.ALPHA_CROWN

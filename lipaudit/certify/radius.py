@@ -94,6 +94,7 @@ def certified_radius(
     max_radius: float | None = None,
     options: CertifyOptions | None = None,
     progress: Progress | None = None,
+    certifier: Certifier | None = None,
 ) -> CertifiedRadiusResult:
     """Largest certified ε per sample, by bisection (relative tolerance ``tol``).
 
@@ -110,6 +111,8 @@ def certified_radius(
         max_radius: the largest ε tried (default: 1 for ℓ∞, the input dimension's ℓ2 / ℓ1 diameter of [0, 1]^d).
         options: budgets and modes for the bound computations.
         progress: called with ``("certified-radius", done, total)``.
+        certifier: a :class:`~lipaudit.certify.Certifier` of this model and norm to reuse (its parsed auto_LiRPA
+            modules and measured batch sizes); ``options`` is then ignored.
 
     Raises:
         UsageError: a bad tolerance or bracket.
@@ -125,7 +128,10 @@ def certified_radius(
     if not cap > 0:
         raise UsageError(f"Expected max_radius > 0 but got {max_radius!r}")
     start = time.perf_counter()
-    certifier = Certifier(model, x[:1], norm, options)
+    if certifier is None:
+        certifier = Certifier(model, x[:1], norm, options)
+    elif certifier.norm is not norm:
+        raise UsageError(f"Expected a certifier for the ℓ{norm} norm but got one for ℓ{certifier.norm}")
     predicted = eval_forward(model, x).argmax(dim=1)
     radius: list[float | None] = []
     upper_out: list[float | None] = []

@@ -6,7 +6,7 @@ import dataclasses
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -30,11 +30,10 @@ def model_info(loaded: Any, input_shape: tuple[int, ...], num_classes: int) -> d
     }
 
 
-def _methods(text: str | None, model: Any, input_shape: tuple[int, ...]) -> tuple[tuple[Method, ...], Method | None]:
-    from lipaudit.audit.run import default_methods
-
+def _methods(text: str | None) -> tuple[tuple[Method, ...] | Literal["auto"], Method | Literal["auto"] | None]:
+    """``--methods``: ``auto`` (chosen by the audit from the model's size), ``none`` or a list, cheapest first."""
     if text is None or text == "auto":
-        return default_methods(model, input_shape)
+        return "auto", "auto"
     if text == "none":
         return (), None
     methods = tuple(Method.parse(m) for m in text.split(",") if m.strip())
@@ -44,9 +43,10 @@ def _methods(text: str | None, model: Any, input_shape: tuple[int, ...]) -> tupl
 
 
 def exit_code_for(result: Any, fail_under_certified: float | None, fail_under_robust: float | None) -> int:
-    """The exit status of an audit whose report was written, most serious first: 3 a soundness violation, 130
-    interrupted, 5 partial (a stage failed), 4 a ``--fail-under-*`` bar missed at some ε, else 0."""
-    if result.soundness_violations:
+    """The exit status of an audit whose report was written, most serious first: 3 a soundness failure (a certified
+    sample attacked, or a failed cross-check), 130 interrupted, 5 partial (a stage failed), 4 a ``--fail-under-*`` bar
+    missed at some ε, else 0."""
+    if result.unsound:
         return EXIT_SOUNDNESS
     if result.interrupted:
         return EXIT_INTERRUPTED
@@ -74,9 +74,8 @@ def require_measured(result: Any) -> None:
         return
     if result.interrupted:
         raise KeyboardInterrupt
-    failed = [f for f in result.failures if f.get("stage") in ("attacks", "clean") or
-              str(f.get("stage", "")).startswith("certify")]
-    why = "; ".join(f"{f['stage']}: {f['message']}" for f in failed[:2]) or "no stage produced a figure"
+    failed = [f for f in result.failures if f.stage in ("attacks", "clean") or f.stage.startswith("certify")]
+    why = "; ".join(f"{f.stage}: {f.message}" for f in failed[:2]) or "no stage produced a figure"
     raise ModelEvaluationError(f"No robustness figure could be measured on this model ({why[:400]}); no report "
                                "was written")
 
@@ -249,11 +248,14 @@ def write_outputs(result: Any, html_path: Path, json_file: Path) -> None:
     click.echo(f"lipaudit: {state} written to {html_path} (JSON: {json_file})", err=True)
     for line in summary_lines(result):
         click.echo(line, err=True)
-    for stage, message in dict.fromkeys((f.get("stage"), f.get("message")) for f in result.failures):
+    for stage, message in dict.fromkeys((f.stage, f.message) for f in result.failures):
         click.echo(f"lipaudit: stage {stage} did not finish: {message}", err=True)
     if result.soundness_violations:
         click.echo(f"lipaudit: SOUNDNESS VIOLATION on {len(result.soundness_violations)} sample(s): a certified "
                    "sample was attacked (see the report)", err=True)
+    for check in result.crosschecks:
+        if not check.holds:
+            click.echo(f"lipaudit: SOUNDNESS VIOLATION: cross-check {check.name} failed: {check.detail}", err=True)
 
 
 def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None,
@@ -289,7 +291,7 @@ def audit_model(model: str, *, arch: str | None, unsafe_pickle: bool, mean: str 
     num_classes = int(out.shape[1])
     if int(y.max()) >= num_classes:
         raise ShapeError(f"The data has label {int(y.max())} but the model outputs only {num_classes} classes")
-    chosen, radius_method = _methods(methods, loaded.module, input_shape)
+    chosen, radius_method = _methods(methods)
     config = AuditConfig(norm=norm, eps=eps, methods=chosen, radius_method=radius_method if radius else None,
                          attack_radius=radius, attack_steps=attack_steps, attack_targets=attack_targets,
                          attack_budget_s=attack_budget, seed=seed,

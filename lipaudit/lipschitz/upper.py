@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lipaudit.errors import UnsupportedLayerError, UsageError
-from lipaudit.graph import Graph, Node, trace
+from lipaudit.graph import Graph, Node, NodeKind, trace
 from lipaudit.lipschitz.lower import _lower_bounds, _margins, empirical_lipschitz, margin_lower
 from lipaudit.modules import Normalize
 from lipaudit.norms import SUPPORTED_LINEAR, operator_norm
@@ -80,11 +80,11 @@ class UnavailableBound(_NoBound):
 
 def _no_bound(node: Node) -> _NoBound | None:
     """Why ``node`` has no Lipschitz bound (an unbounded op, or one without a rule), or None when it has one."""
-    if node.kind in ("product", "unbounded"):
-        what = "the product of two activations" if node.kind == "product" else node.op
+    if node.kind in (NodeKind.PRODUCT, NodeKind.UNBOUNDED):
+        what = "the product of two activations" if node.kind == NodeKind.PRODUCT else node.op
         return UnboundedNetwork(f"node {node.name!r} ({node.op}) has no global Lipschitz bound: it is {what} of the "
                                 "input", node.name, node.op)
-    if node.kind == "opaque":
+    if node.kind == NodeKind.OPAQUE:
         return UnavailableBound(f"node {node.name!r} ({node.op}) has no Lipschitz rule", node.name, node.op)
     if node.module is not None:
         op = op_for_module(node.module)
@@ -160,7 +160,7 @@ def _folded(graph: Graph, node: Node) -> tuple[nn.Module, list[Node]] | None:
     weight = layer.weight.detach().clone()
     absorbed: list[Node] = []
     src = graph.node(node.inputs[0])
-    reshape = src.kind == "flatten" or isinstance(src.module, nn.Flatten)
+    reshape = src.kind == NodeKind.FLATTEN or isinstance(src.module, nn.Flatten)
     via_flatten = reshape and _sole_consumer(graph, src.name) is not None
     pre = graph.node(src.inputs[0]) if via_flatten else src
     if isinstance(pre.module, Normalize) and _sole_consumer(graph, pre.name) is not None and (
@@ -177,7 +177,7 @@ def _folded(graph: Graph, node: Node) -> tuple[nn.Module, list[Node]] | None:
             absorbed.append(pre)
     post = _sole_consumer(graph, node.name)
     bn_type = _BN_AFTER.get(type(layer))
-    if post is not None and post.kind == "module" and bn_type is not None and type(post.module) is bn_type:
+    if post is not None and post.kind == NodeKind.MODULE and bn_type is not None and type(post.module) is bn_type:
         bn_scale = _bn_scale(post.module)
         if bn_scale is not None:
             weight = weight * bn_scale.to(weight).view(-1, *([1] * (weight.dim() - 1)))
@@ -225,7 +225,7 @@ def layer_factors(graph: Graph, norm: Norm, *, fold: bool = True, cache: _Cache 
     factors: dict[str, _Factor] = {}
     _check_bounded(graph)
     for node in graph.modules():
-        if node.name in factors or node.kind == "opaque":
+        if node.name in factors or node.kind == NodeKind.OPAQUE:
             continue
         value = _factor(node, norm, cache)
         how = "activation" if _activation_rule(node.module) is not None else "operator-norm"  # type: ignore[arg-type]
@@ -261,15 +261,15 @@ def _cat(bounds: list[float], norm: Norm) -> float:
 def _compose(graph: Graph, factors: Mapping[str, float], norm: Norm) -> dict[str, float]:
     bound: dict[str, float] = {}
     for node in graph.nodes:
-        if node.kind == "input":
+        if node.kind == NodeKind.INPUT:
             bound[node.name] = 1.0
-        elif node.kind == "add":
+        elif node.kind == NodeKind.ADD:
             bound[node.name] = sum(bound[i] for i in node.inputs)
-        elif node.kind == "cat":
+        elif node.kind == NodeKind.CAT:
             bound[node.name] = _cat([bound[i] for i in node.inputs], norm)
-        elif node.kind in ("flatten", "output"):
+        elif node.kind in (NodeKind.FLATTEN, NodeKind.OUTPUT):
             bound[node.name] = bound[node.inputs[0]]
-        elif node.kind in ("affine", "structural"):
+        elif node.kind in (NodeKind.AFFINE, NodeKind.STRUCTURAL):
             assert node.factor is not None  # set by the tracer for these kinds
             bound[node.name] = node.factor * bound[node.inputs[0]]
         elif node.module is not None and node.name in factors:
@@ -414,6 +414,35 @@ class LipschitzReport:
             "factors": [{"name": a, "kind": b, "value": num(c), "how": d} for a, b, c, d in self.factors],
             "status": self.status, "reason": self.reason, "node": self.node, "op": self.op,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LipschitzReport:
+        """Read :meth:`to_dict`'s form back (missing figures are ``None``; ``None`` stays ``None``)."""
+        def get(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+        factors = tuple((str(f["name"]), str(f["kind"]), float("nan") if f.get("value") is None else float(f["value"]),
+                         str(f.get("how", ""))) for f in data.get("factors") or ())
+        return cls(Norm.parse(data["norm"]), get("upper_product"), get("upper_graph"), get("margin_upper"),
+                   get("empirical_lower"), get("looseness"), get("margin_lower"), get("margin_looseness"), factors,
+                   str(data.get("status", "bounded")), str(data.get("reason", "")), data.get("node"), data.get("op"))
+
+    def contradictions(self, *, rtol: float = 1e-6) -> list[str]:
+        """Every certified upper bound that an empirical lower bound exceeds — a proof that the upper bound is wrong
+        (the lower bounds are attained slopes of the model, so a correct upper bound is never below them).
+
+        Example:
+            >>> LipschitzReport(Norm.LINF, 0.5, 0.5, 1.0, 19.6, None).contradictions()
+            ['upper_product 0.5 < empirical_lower 19.6', 'upper_graph 0.5 < empirical_lower 19.6']
+        """
+        out = []
+        pairs = (("upper_product", "empirical_lower"), ("upper_graph", "empirical_lower"),
+                 ("margin_upper", "margin_lower"))
+        for up_name, low_name in pairs:
+            up, low = getattr(self, up_name), getattr(self, low_name)
+            if up is not None and low is not None and math.isfinite(up) and low > up * (1 + rtol) + 1e-12:
+                out.append(f"{up_name} {up:.6g} < {low_name} {low:.6g}")
+        return out
 
 
 def lipschitz_report(model: nn.Module, input_shape: Any, norm: Norm | str | float,

@@ -7,22 +7,20 @@ on the input shape that layer sees; :func:`operator_norm` and :func:`l2_bracket`
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from lipaudit._modes import eval_mode
 from lipaudit.errors import ShapeError, UnsupportedLayerError, first_line
+from lipaudit.graph import Graph, NodeKind, trace
 from lipaudit.norms.base import SpectralBracket
 from lipaudit.norms.rules import RULES, rule_for
 from lipaudit.ops import registered_type
 from lipaudit.types import Norm
-
-if TYPE_CHECKING:
-    from lipaudit.graph import Graph
 
 __all__ = ["DEFAULT_TOL", "LayerNorm", "l2_bracket", "layer_norm", "layer_norms", "operator_norm"]
 
@@ -81,6 +79,15 @@ class LayerNorm:
             "linf_method": self.linf_method,
             "l2_method": self.l2_method,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerNorm:
+        """Read :meth:`to_dict`'s form back."""
+        return cls(name=str(data["name"]), type=str(data["type"]), input_shape=tuple(data["input_shape"]),
+                   output_shape=tuple(data["output_shape"]), l1=float(data["l1"]), linf=float(data["linf"]),
+                   l2_lower=float(data["l2_lower"]), l2_upper=float(data["l2_upper"]),
+                   l1_method=str(data["l1_method"]), linf_method=str(data["linf_method"]),
+                   l2_method=str(data["l2_method"]))
 
 
 def _shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -203,8 +210,6 @@ def layer_norms(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dt
         [('0', 'closed-form'), ('2', 'closed-form')]
     """
     if graph is None:
-        from lipaudit.graph import trace
-
         try:
             graph = trace(model, input_shape)
         except UnsupportedLayerError:  # the graph cannot be traced: every linear layer still gets its row
@@ -213,7 +218,7 @@ def layer_norms(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dt
                 raise
             return _rows(found, dtype, tol)
     return _rows([(node.name, node.module, node.input_shape, node.output_shape) for node in graph.modules()
-                  if node.kind == "module" and node.module is not None], dtype, tol)
+                  if node.kind == NodeKind.MODULE and node.module is not None], dtype, tol)
 
 
 def _rows(found: Sequence[tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]]], dtype: torch.dtype | None,
