@@ -17,6 +17,7 @@ from torch import nn
 from lipaudit.analysis import Analysis, analyse
 from lipaudit.audit.result import AuditResult, Certificate
 from lipaudit.audit.run import AuditConfig, Engines, run_audit
+from lipaudit.audit.validate import problems
 from lipaudit.cli.check import EXIT_SOUNDNESS, exit_code_for
 from lipaudit.types import Method, Norm, Severity, Status
 
@@ -63,6 +64,7 @@ def test_an_honest_audit_passes_every_cross_check(trained: Any) -> None:
     assert names == {"lipschitz-vs-gradients", "radius-brackets", "certify-at-attack-radius"}
     assert all(c.holds and c.checked > 0 for c in result.crosschecks), result.crosschecks
     assert not result.unsound and exit_code_for(result, None, None) == 0
+    assert problems(result.to_dict()) == []
 
 
 def test_one_trace_and_one_auto_lirpa_parse_per_audit(trained: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,6 +127,7 @@ def test_a_certifier_that_overstates_radii_fails_the_check_at_the_attack_radius(
     assert not check.holds and check.failures
     assert result.unsound and exit_code_for(result, None, None) == EXIT_SOUNDNESS
     assert result.flags[0].severity is Severity.ERROR and result.flags[0].code.startswith("soundness-")
+    assert any("cross-check certify-at-attack-radius failed" in p for p in problems(result.to_dict()))
 
 
 def _undersized_radius(*args: Any, **kwargs: Any) -> Any:

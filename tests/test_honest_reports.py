@@ -161,6 +161,7 @@ def _valid(tmp_path: Path, digits_model: Path) -> dict[str, Any]:  # noqa: F811
     (lambda d: d["samples"][0].update(radius_certified={"IBP": 0.5}, radius_attack=0.1), "> attack radius"),
     (lambda d: d["threat_model"].update(eps=[0.1, 0.02]), "ascending"),
     (lambda d: d.pop("layers"), "missing top-level key 'layers'"),
+    (lambda d: d["crosschecks"][0].update(holds=False), "no error flag says so"),
 ])
 def test_the_validator_catches_broken_invariants(digits_model: Path, tmp_path: Path, tamper: Any,  # noqa: F811
                                                  message: str) -> None:

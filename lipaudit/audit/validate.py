@@ -11,6 +11,8 @@ hand-edited file), never a property of the model:
 * per sample: never certified and attacked at the same ε, never certified when misclassified, and
   Lipschitz radius ≤ certified radius ≤ attack radius;
 * no NaN or infinity anywhere; the soundness violations listed are exactly the ones the samples show;
+* every independent cross-check held (Lipschitz upper vs gradient lower, certification at the attack radius,
+  the radius bisection's brackets), and one that failed is flagged as an error;
 * the HTML, when given, loads nothing from the network and is marked partial exactly when the result is.
 
 Example:
@@ -122,6 +124,19 @@ def _check_samples(result: Mapping[str, Any], out: list[str]) -> None:
         out.append(f"{found} certified-and-attacked case(s) in the samples but no soundness violation listed")
 
 
+def _check_crosschecks(result: Mapping[str, Any], out: list[str]) -> None:
+    """Every cross-check (schema ≥ 1.3) held, and one that failed is flagged as an error."""
+    flags = list(result.get("flags") or [])
+    for check in result.get("crosschecks") or []:
+        name = check.get("name")
+        if not check.get("holds"):
+            out.append(f"cross-check {name} failed: {check.get('detail')}")
+            if not any(f.get("code") == f"soundness-{name}" and f.get("severity") == "error" for f in flags):
+                out.append(f"cross-check {name} failed but no error flag says so")
+        elif check.get("failures"):
+            out.append(f"cross-check {name} holds but lists {len(check['failures'])} failure(s)")
+
+
 def problems(result: Mapping[str, Any], html: str | None = None) -> list[str]:
     """Every invariant of :mod:`lipaudit.audit.validate` that ``result`` (a parsed audit JSON) breaks, one line each."""
     if not isinstance(result, Mapping):
@@ -141,6 +156,7 @@ def problems(result: Mapping[str, Any], html: str | None = None) -> list[str]:
     try:
         _check_rows(result, out)
         _check_samples(result, out)
+        _check_crosschecks(result, out)
     except (TypeError, ValueError, AttributeError) as err:
         out.append(f"malformed audit result: {type(err).__name__}: {err}")
     if html is not None:
