@@ -2,8 +2,9 @@
 
 * :func:`lirpa_margins`: auto_LiRPA through :func:`lipaudit.certify.certify` (None when auto_LiRPA is missing).
 * :func:`attack_successes`: PGD of :mod:`lipaudit.attacks`; a success is a point of the ε-ball that is misclassified.
-* :func:`sample_violations`: random points of each ε-ball (for ℓ∞ also random corners, clipped to [0, 1]); a
-  violation is a misclassified sample. Sampling is not a proof; it guards against a wrong certificate.
+* :func:`sample_violations`: random points of each ε-ball ∩ [0, 1], inside and on the boundary (ℓ∞: the corners),
+  from :func:`lipaudit.attacks.base.sample_ball`; a violation is a misclassified sample. Sampling is not a proof;
+  it guards against a wrong certificate.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lipaudit.attacks.base import sample_ball
 from lipaudit.errors import MissingDependencyError
 from lipaudit.types import Method, Norm
 
@@ -53,18 +55,7 @@ def sample_violations(
     gen = torch.Generator().manual_seed(seed)
     bad = 0
     with torch.no_grad():
-        for k in range(per_point):
-            shape = x.shape
-            if norm is Norm.LINF:
-                if k % 2 == 0:
-                    delta = (torch.rand(shape, generator=gen) * 2 - 1) * eps
-                else:
-                    delta = torch.sign(torch.rand(shape, generator=gen) - 0.5) * eps
-                xs = (x + delta).clamp(0.0, 1.0)
-            else:
-                d = torch.randn(shape, generator=gen)
-                d = d / torch.linalg.vector_norm(d.reshape(shape[0], -1), dim=1).view(-1, *[1] * (len(shape) - 1))
-                radius = eps if k % 2 else eps * torch.rand(shape[0], generator=gen).view(-1, *[1] * (len(shape) - 1))
-                xs = x + d * radius * (1 - 1e-6)
+        for k in range(per_point):  # inside the ball, then on its boundary (ℓ∞: the vertices), alternately
+            xs = sample_ball(x, norm, eps, generator=gen, boundary=k % 2 == 1)[0]
             bad += int((model(xs).argmax(1) != y).sum())
     return bad

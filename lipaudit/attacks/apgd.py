@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lipaudit.attacks.base import Attack, _view, project, random_in_ball, steepest_direction
+from lipaudit.attacks.base import Attack, _view, project, sample_ball, steepest_direction
 from lipaudit.attacks.losses import LossFn, logits_and_grad, resolve_loss, targeted_dlr_loss
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
@@ -140,7 +140,7 @@ class APGD(Attack):
         norm = self.norm
         n = x.shape[0]
         marks = checkpoints(self.steps)
-        x_cur = random_in_ball(x, eps, norm, gen) if random_start else x.clone()
+        x_cur = sample_ball(x, norm, eps, generator=gen)[0] if random_start else x.clone()
         eta = 2.0 * eps if norm is not Norm.L1 else 1.0 * eps
         z, loss, g = logits_and_grad(model, x_cur, loss_fn, y)
         wrong = z.argmax(1) != y

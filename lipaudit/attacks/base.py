@@ -30,7 +30,7 @@ __all__ = [
     "eval_mode",
     "lp_norm",
     "project",
-    "random_in_ball",
+    "sample_ball",
     "steepest_direction",
 ]
 
@@ -235,21 +235,50 @@ def steepest_direction(grad: Tensor, x_adv: Tensor, norm: Norm, *, sparsity: flo
     return direction.view_as(grad)
 
 
-def random_in_ball(x: Tensor, eps: Tensor, norm: Norm, generator: torch.Generator | None) -> Tensor:
-    """A random point of the threat model around ``x``: uniform in the ℓ∞ cube, radius-uniform for ℓ2 and ℓ1."""
-    shape = x.shape
+def sample_ball(x: Tensor, norm: Norm, eps: float | Tensor, n: int = 1, *, generator: torch.Generator | None = None,
+                boundary: bool = False) -> Tensor:
+    """``n`` random points of the threat model ``{x' ∈ [0,1]^d : ‖x' − x‖_p ≤ ε}`` around every sample of ``x``.
+
+    Inside the ball (the default): uniform in the ℓ∞ cube; for ℓ2 and ℓ1 a uniform direction on the sphere at a
+    uniform fraction of ε (denser near x than uniform in volume). With ``boundary``: the cube's vertices ``x ± ε``
+    for ℓ∞, points on the sphere for ℓ2 and ℓ1. Every point is then mapped into [0, 1] by :func:`project` (an ℓ∞
+    cube is intersected with the box; an ℓ2/ℓ1 point moves towards x, so it stays in the ball).
+
+    Args:
+        x: a batch ``(N, ...)`` of points in [0, 1].
+        norm: the threat model's norm.
+        eps: the radius, one float or one per sample (shape ``(N,)``).
+        n: points per sample.
+        generator: the random generator (torch's global one when None).
+        boundary: sample the vertices or the sphere instead of the inside.
+
+    Returns:
+        ``(n, N, ...)``: ``out[k]`` is the k-th point around each sample.
+
+    Example:
+        >>> x = torch.full((2, 3), 0.5)
+        >>> pts = sample_ball(x, Norm.L1, 0.1, 4, generator=torch.Generator().manual_seed(0), boundary=True)
+        >>> tuple(pts.shape), [round(v, 4) for v in lp_norm((pts - x).flatten(0, 1), Norm.L1).tolist()][:3]
+        ((4, 2, 3), [0.1, 0.1, 0.1])
+    """
+    count = x.shape[0]
+    e = eps.to(x) if isinstance(eps, Tensor) else torch.full((count,), float(eps), dtype=x.dtype, device=x.device)
+    xs, es = x.repeat(n, *([1] * (x.dim() - 1))), e.reshape(count).repeat(n)
+    shape = xs.shape
     if norm is Norm.LINF:
-        u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
-        return project(x + u * _view(eps, x), x, eps, norm)
+        u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = (u < 0.5).to(x.dtype) * 2 - 1 if boundary else u * 2 - 1
+        return project(xs + u * _view(es, xs), xs, es, norm).view(n, *x.shape)
     if norm is Norm.L2:
         d = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
     else:
-        e = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype).clamp_min(1e-12)
+        u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype).clamp_min(1e-12)
         sign = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) < 0.5
-        d = torch.where(sign, -e.log(), e.log())  # Laplace: normalised, uniform direction on the ℓ1 sphere
-    d = d / _view(lp_norm(d, norm).clamp_min(1e-30), x)
-    r = torch.rand((shape[0],), generator=generator, device=x.device, dtype=x.dtype)
-    return project(x + d * _view(r * eps, x), x, eps, norm)
+        d = torch.where(sign, -u.log(), u.log())  # Laplace: normalised, uniform direction on the ℓ1 sphere
+    d = d / _view(lp_norm(d, norm).clamp_min(1e-30), xs)
+    r = (torch.ones(shape[0], device=x.device, dtype=x.dtype) if boundary else
+         torch.rand((shape[0],), generator=generator, device=x.device, dtype=x.dtype))
+    return project(xs + d * _view(r * es, xs), xs, es, norm).view(n, *x.shape)
 
 
 class Attack(abc.ABC):

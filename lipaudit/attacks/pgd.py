@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lipaudit.attacks.base import Attack, _view, project, random_in_ball, steepest_direction
+from lipaudit.attacks.base import Attack, _view, project, sample_ball, steepest_direction
 from lipaudit.attacks.losses import logits_and_grad, resolve_loss
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
@@ -81,7 +81,7 @@ class PGD(Attack):
         best = x.clone()
         best_loss = torch.full_like(eps, -math.inf)
         for _ in range(self.restarts):
-            x_adv = random_in_ball(x, eps, self.norm, gen) if self.random_start else x.clone()
+            x_adv = sample_ball(x, self.norm, eps, generator=gen)[0] if self.random_start else x.clone()
             for step in range(self.steps + 1):
                 if step < self.steps:
                     z, loss, g = logits_and_grad(model, x_adv, self._loss_fn, y)
