@@ -1,4 +1,5 @@
-"""Slow, paper-literal oracles for tests: the dense unrolled matrix of a linear layer and its exact norms.
+"""Slow, paper-literal oracles for tests: the dense unrolled matrix of a linear layer and its exact norms, points of
+ε-balls, and the exact minimum margin of a ReLU network over a box.
 
 ``dense_matrix`` applies the layer (in float64, eval mode, bias removed by subtracting the image of zero) to every
 basis vector of its input space, so it is the layer's operator by definition, whatever the padding, stride or
@@ -8,12 +9,13 @@ pooling rule. Keep inputs small: the matrix has ``prod(input_shape) × prod(outp
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["dense_matrix", "dense_norms"]
+__all__ = ["dense_matrix", "dense_norms", "milp_min_margin", "sample_ball"]
 
 
 def dense_matrix(module: nn.Module, input_shape: Sequence[int], *, chunk: int = 1024) -> torch.Tensor:
@@ -46,6 +48,61 @@ def dense_norms(module: nn.Module, input_shape: Sequence[int]) -> tuple[float, f
         float(torch.linalg.matrix_norm(m, ord=2)),
         float(m.abs().sum(1).max()),
     )
+
+
+def sample_ball(x: torch.Tensor, norm: object, eps: float | torch.Tensor, n: int, generator: torch.Generator, *,
+                box: bool = False) -> torch.Tensor:
+    """``n`` points of the closed ℓp ball of radius ``eps`` (a float or one per sample) around each sample of ``x``,
+    shape ``(N, n, ...)``, written independently of lipaudit's own sampler (which the tests check).
+
+    ℓ∞: half the points are vertices of the cube, half uniform in it. ℓ2: half on the sphere, half inside. ℓ1: a
+    third vertices ``x ± ε e_i``, a third on the sphere, a third inside. With ``box`` the ball is intersected with
+    [0, 1]: ℓ∞ cubes are cut to the box (their vertices too); ℓ2/ℓ1 points are clipped to it, which moves them
+    towards x coordinate by coordinate (x is in the box), so they stay in the ball. Computed in float64 and returned
+    in x's dtype.
+
+    Example:
+        >>> x = torch.full((2, 3), 0.5)
+        >>> pts = sample_ball(x, "inf", 0.1, 8, torch.Generator().manual_seed(0))
+        >>> tuple(pts.shape), round(float((pts - x[:, None]).abs().amax()), 6)
+        ((2, 8, 3), 0.1)
+    """
+    p = {"1": 1.0, "2": 2.0, "inf": math.inf}[str(getattr(norm, "value", norm))]
+    count, dims = x.shape[0], x[0].numel()
+    centre = x.detach().to(torch.float64).reshape(count, 1, dims)
+    radius = torch.as_tensor(eps, dtype=torch.float64).reshape(-1, 1, 1).expand(count, 1, 1)
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=generator, dtype=torch.float64)
+
+    if p == math.inf:
+        u = uniform(count, n, dims)
+        u[:, : n // 2] = (u[:, : n // 2] < 0.5).to(torch.float64)  # the vertices
+        lo, hi = centre - radius, centre + radius
+        if box:
+            lo, hi = lo.clamp(min=0.0), hi.clamp(max=1.0)
+        pts = lo + u * (hi - lo)
+    else:
+        if p == 2.0:
+            d = torch.randn((count, n, dims), generator=generator, dtype=torch.float64)
+            d = d / d.square().sum(-1, keepdim=True).sqrt()
+            scale = torch.ones(count, n, 1, dtype=torch.float64)
+            scale[:, n // 2 :] = uniform(count, n - n // 2, 1)
+        else:
+            d = -uniform(count, n, dims).clamp_min(1e-300).log()  # exponential magnitudes, random signs
+            d = torch.where(uniform(count, n, dims) < 0.5, -d, d)
+            d = d / d.abs().sum(-1, keepdim=True)
+            third = n // 3
+            d[:, :third] = 0.0
+            axis = torch.randint(0, dims, (count, third), generator=generator)
+            sign = torch.where(uniform(count, third) < 0.5, -1.0, 1.0).to(torch.float64)
+            d[:, :third].scatter_(-1, axis[..., None], sign[..., None])  # the vertices
+            scale = torch.ones(count, n, 1, dtype=torch.float64)
+            scale[:, 2 * third :] = uniform(count, n - 2 * third, 1)
+        pts = centre + d * scale * radius
+        if box:
+            pts = pts.clamp(0.0, 1.0)
+    return pts.reshape(count, n, *x.shape[1:]).to(x.dtype)
 
 
 def milp_min_margin(net: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor, a: torch.Tensor, b: float) -> float:

@@ -25,7 +25,7 @@ from lipaudit.lipschitz.upper import (
 from lipaudit.modules import Normalize
 from lipaudit.types import Norm
 from lipaudit.zoo import mlp, small_resnet, tiny_cnn
-from tests.reference import dense_matrix, dense_norms
+from tests.reference import dense_matrix, dense_norms, sample_ball
 
 NORMS = [Norm.L1, Norm.L2, Norm.LINF]
 REL = 1e-6  # slack for float rounding in sampled ratios
@@ -248,19 +248,6 @@ def test_upper_bound_dominates_sampled_ratios_and_lower_bound(net: tuple[nn.Modu
 
 # ---- margin certificate ---------------------------------------------------------------------------------------------
 
-def _ball_samples(center: torch.Tensor, radius: torch.Tensor, norm: Norm, k: int) -> torch.Tensor:
-    """k points per sample on the sphere of the given per-sample radius (ℓ∞ includes the cube's vertices)."""
-    n = center.shape[0]
-    d = torch.randn(n, k, *center.shape[1:], dtype=center.dtype)
-    if norm is Norm.LINF:
-        d = d.sign()
-    elif norm is Norm.L1:
-        d = d * (torch.rand_like(d) < 4.0 / d[0, 0].numel())  # sparse directions reach further in ℓ1
-    d = d / torch.linalg.vector_norm(d.flatten(2), ord=norm.p, dim=2).clamp_min(1e-30).view(n, k, *[1] * (
-        center.dim() - 1))
-    return center[:, None] + d * radius.view(n, 1, *[1] * (center.dim() - 1))
-
-
 def _pgd_inside(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radius: torch.Tensor, norm: Norm) -> torch.Tensor:
     """A short PGD on the margin loss, staying inside the certified ball of each sample."""
     view = (-1, *[1] * (x.dim() - 1))
@@ -295,7 +282,7 @@ def test_margin_radius_is_sound(make: Any, norm: Norm) -> None:
     radius = lipschitz_radius(model, x, y, norm)
     assert radius[0] == 0.0 and bool((radius[1:] > 0).all())
     r = radius[1:] * (1 - 1e-9)
-    pts = _ball_samples(x[1:], r, norm, 64)
+    pts = sample_ball(x[1:], norm, r, 64, torch.Generator().manual_seed(0))  # the whole ball: no box
     with torch.no_grad():
         preds = model(pts.flatten(0, 1)).argmax(1).view(7, 64)
     assert bool((preds == y[1:, None]).all()), "a sampled point inside the certified radius changed the prediction"

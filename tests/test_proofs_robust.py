@@ -17,6 +17,7 @@ from proofs.bounds import certify_ibp, interval_bounds
 from proofs.robust_net import build_robust_network, cover_directions
 from proofs.separation import measure_separation
 from proofs.spike import add_spike, lipschitz_witness
+from tests.reference import sample_ball
 
 
 @st.composite
@@ -38,20 +39,6 @@ def separated_sets(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, Norm, f
     return x, y, norm, frac * sep.distance / 2
 
 
-def _ball_samples(x: torch.Tensor, norm: Norm, eps: float, m: int, gen: torch.Generator) -> torch.Tensor:
-    """m points of each ε-ball (ℓ∞: uniform and corners, clipped to [0, 1]; ℓ2: on and inside the sphere)."""
-    rep = x.repeat(m, 1)
-    if norm is Norm.LINF:
-        delta = (torch.rand(rep.shape, generator=gen) * 2 - 1) * eps
-        delta[: rep.shape[0] // 2] = delta[: rep.shape[0] // 2].sign() * eps
-        return (rep + delta).clamp(0, 1)
-    d = torch.randn(rep.shape, generator=gen, dtype=torch.float64)
-    d = d / d.norm(dim=1, keepdim=True)
-    r = torch.rand(rep.shape[0], 1, generator=gen, dtype=torch.float64)
-    r[: rep.shape[0] // 2] = 1.0
-    return (rep.double() + d * r * eps * (1 - 1e-9)).float()
-
-
 @given(data=separated_sets())
 def test_robust_network_is_certified_and_sampling_agrees(data: tuple[torch.Tensor, torch.Tensor, Norm, float]) -> None:
     x, y, norm, eps = data
@@ -62,8 +49,8 @@ def test_robust_network_is_certified_and_sampling_agrees(data: tuple[torch.Tenso
     assert float(margin.min()) >= 1 - 1e-4, f"IBP margin {float(margin.min())} < 1 at ε={eps}"
     # independent of any bound: sampled points of every ball keep margin ≥ 1
     gen = torch.Generator().manual_seed(1)
-    xs = _ball_samples(x, norm, eps, 64, gen)
-    ys = y.repeat(64)
+    xs = sample_ball(x, norm, eps, 64, gen, box=norm is Norm.LINF).flatten(0, 1)  # ℓ∞ boxes cut to [0, 1]
+    ys = y.repeat_interleave(64)
     with torch.no_grad():
         out = r.net(xs)
     true = out.gather(1, ys[:, None])[:, 0]
@@ -80,7 +67,7 @@ def test_spike_keeps_certificates_and_lipschitz_grows_like_a(
     spiked = add_spike(base, x, y, amp)
     assert float(certify_ibp(spiked.net, x, y, eps, norm).min()) >= 1 - 1e-4
     gen = torch.Generator().manual_seed(2)
-    xs = _ball_samples(x, norm, eps, 32, gen)
+    xs = sample_ball(x, norm, eps, 32, gen, box=norm is Norm.LINF).flatten(0, 1)
     with torch.no_grad():  # the spike is exactly zero on every ε-ball: same outputs as the base network
         torch.testing.assert_close(spiked.net(xs), base.net(xs), rtol=1e-5, atol=1e-5)
     # the spike lives in the gap: its centre is ≥ sep/2 from every point (brute force)
@@ -114,7 +101,8 @@ def test_interval_bounds_contain_sampled_outputs(widths: list[int], d: int, seed
     net = nn.Sequential(*layers)
     x = torch.rand(4, d)
     lo, hi = interval_bounds(net, x, eps, norm)
-    xs = _ball_samples(x, norm, eps, 200, torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    xs = sample_ball(x, norm, eps, 200, gen, box=norm is Norm.LINF).transpose(0, 1).flatten(0, 1)  # (200·4, d)
     with torch.no_grad():
         out = net(xs.double().float()).double().reshape(200, 4, 3)
     assert bool((out >= lo - 1e-5).all()) and bool((out <= hi + 1e-5).all()), "sampled output outside IBP bounds"
