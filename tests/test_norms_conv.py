@@ -14,7 +14,7 @@ from torch import nn
 
 from lipaudit.errors import UnsupportedLayerError
 from lipaudit.norms import NonFiniteWeightError, conv2d_operator_norm, layer_norms, operator_norm, rule_for
-from lipaudit.norms.conv import _closed_form, _one_conv, conv_geometry
+from lipaudit.norms.conv import _one_conv, conv_exact_norms, conv_geometry
 from lipaudit.types import Norm
 from tests.reference import dense_matrix
 from tests.strategies import ConvCase, conv_cases, conv_transpose_cases, fill_weights
@@ -54,17 +54,26 @@ def test_conv_transpose2d_l1_linf_equal_dense_matrix(case: ConvCase) -> None:
     _assert_exact(case)
 
 
-@given(conv_cases(modes=("zeros",), max_extra=8))
-def test_closed_forms_agree_with_exact_conv_whenever_chosen(case: ConvCase) -> None:
-    conv = case.module
-    assert isinstance(conv, nn.Conv2d)
-    padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
-    geom = conv_geometry(conv.kernel_size, case.input_shape[1:], conv.stride, padding, conv.dilation)
-    abs_k = conv.weight.detach().abs()
-    for which in (Norm.L1, Norm.LINF):
-        closed = _closed_form(abs_k, geom, conv.groups, which)
-        if closed is not None:
-            assert closed == pytest.approx(_one_conv(abs_k, geom, conv.groups, which), rel=1e-12)
+def test_closed_forms_agree_with_exact_conv_whenever_chosen() -> None:
+    """Wherever the norm code takes the closed form (its ``method`` says so), the value equals the exact
+    one-convolution path; over the generated cases both the ℓ1 and the ℓ∞ closed form must be taken."""
+    taken = {Norm.L1: 0, Norm.LINF: 0}
+
+    @given(conv_cases(modes=("zeros",), max_extra=8))
+    def run(case: ConvCase) -> None:
+        conv = case.module
+        assert isinstance(conv, nn.Conv2d)
+        padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+        geom = conv_geometry(conv.kernel_size, case.input_shape[1:], conv.stride, padding, conv.dilation)
+        abs_k = conv.weight.detach().abs()
+        for which, value in conv_exact_norms(conv.weight, geom, conv.groups).items():
+            assert value.method in ("closed-form", "exact-conv"), value
+            if value.method == "closed-form":
+                taken[which] += 1
+                assert value.value == pytest.approx(_one_conv(abs_k, geom, conv.groups, which), rel=1e-12)
+
+    run()
+    assert taken[Norm.L1] > 0 and taken[Norm.LINF] > 0, f"closed form never taken: {taken}"
 
 
 @given(conv_cases(), st.floats(-5, 5).filter(lambda c: abs(c) > 1e-3))
