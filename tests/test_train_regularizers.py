@@ -252,9 +252,19 @@ def test_svc_clips_linear_layers_exactly_and_respects_every() -> None:
     assert torch.allclose(after, before.clamp(max=0.7), atol=1e-5)
 
 
-def test_clip_conv_spectrum_keeps_small_kernels_unchanged() -> None:
-    weight = torch.randn(3, 2, 3, 3) * 0.01
-    assert torch.allclose(clip_conv_spectrum(weight, (5, 5), 10.0), weight, atol=1e-6)
+def test_clip_conv_spectrum_clips_large_and_keeps_small_kernels() -> None:
+    """A 3×3 kernel on a 3×3 circular map (the exact case): the dense operator's largest singular value drops to the
+    clip value and the others below it stay; a kernel whose spectrum is already below the clip value is kept."""
+    conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular", bias=False)
+    weight = torch.randn(3, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    before = torch.linalg.svdvals(dense(conv, (2, 3, 3), weight))
+    clip = float(before.max()) / 2
+    assert float(before.min()) < clip  # some singular values are below the clip value, some above
+    after = torch.linalg.svdvals(dense(conv, (2, 3, 3), clip_conv_spectrum(weight, (3, 3), clip)))
+    assert float(after.max()) == pytest.approx(clip, rel=1e-5)
+    torch.testing.assert_close(after, before.clamp(max=clip), rtol=1e-5, atol=1e-5)
+    small = weight * (0.5 / float(before.max()))  # largest singular value 0.5
+    assert torch.allclose(clip_conv_spectrum(small, (3, 3), 1.0), small, atol=1e-6)
 
 
 @pytest.mark.parametrize(
