@@ -101,7 +101,7 @@ class Graph:
 
     Example:
         >>> g = trace(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU()), (1, 2, 2))
-        >>> [(n.name, n.kind, n.output_shape) for n in g.nodes]  # doctest: +NORMALIZE_WHITESPACE
+        >>> [(n.name, str(n.kind), n.output_shape) for n in g.nodes]  # doctest: +NORMALIZE_WHITESPACE
         [('input', 'input', (1, 2, 2)), ('0', 'module', (4,)), ('1', 'module', (3,)), ('2', 'module', (3,)),
          ('output', 'output', (3,))]
     """

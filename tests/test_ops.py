@@ -324,13 +324,13 @@ def test_audit_runs_every_stage_it_can(model_cls: type[nn.Module], status: str, 
                          attack_radius=False, attack_steps=5)
     result = run_audit(model, x, y, config, model_info={}, data_info={})
     assert result.status == "complete", result.failures
-    assert [layer["name"] for layer in result.layers] == layers
-    assert result.lipschitz["status"] == status
+    assert [layer.name for layer in result.layers] == layers
+    assert result.lipschitz.status == status
     assert result.accuracy[0].worst_case is not None
     if status == "bounded":
         assert "Lipschitz" in result.accuracy[0].certified
     else:
-        assert result.lipschitz["node"] and "Lipschitz" not in result.accuracy[0].certified
+        assert result.lipschitz.node and "Lipschitz" not in result.accuracy[0].certified
         assert any(f.code == f"lipschitz-{status}" for f in result.flags)
     outcomes = result.certification["outcomes"]
     assert {o["method"] for o in outcomes} == {"IBP", "CROWN"}  # certification tried; errors are recorded in them

@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Abort:
         click.echo("lipaudit: interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as err:  # a bad option value, a missing argument: one line naming the option
+        where = f"; see {err.ctx.command_path} --help" if err.ctx is not None else ""
+        message = " ".join(err.format_message().split())
+        click.echo(f"lipaudit: error: {message}{where}", err=True)
+        sys.exit(err.exit_code)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)

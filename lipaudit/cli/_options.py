@@ -13,6 +13,13 @@ import click
 from lipaudit.errors import UsageError
 
 __all__ = [
+    "ATTACK_STEPS",
+    "EPS_LIST",
+    "FLOATS",
+    "METHODS",
+    "NORM",
+    "SHAPE",
+    "Parsed",
     "emit_json",
     "load_from_options",
     "model_input_shape",
@@ -54,6 +61,86 @@ def parse_eps_list(text: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
+class Parsed(click.ParamType):
+    """A click parameter type from one of lipaudit's parsers: the parser's :class:`UsageError` becomes click's
+    ``BadParameter``, so the message names the option (``Invalid value for '--eps': ...``) and the exit status is 2.
+
+    Example:
+        >>> NORM.convert("inf", None, None)
+        <Norm.LINF: 'inf'>
+    """
+
+    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
+        self.name = name
+        self._parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # a default that is already parsed
+        try:
+            return self._parse(value)
+        except UsageError as err:
+            self.fail(str(err), param, ctx)
+
+
+def parse_methods(text: str) -> tuple[Any, ...] | str:
+    """``--methods``: ``auto``, ``none`` (an empty tuple) or a comma-separated list of methods, cheapest first.
+
+    Example:
+        >>> parse_methods("crown,ibp")
+        (<Method.IBP: 'IBP'>, <Method.CROWN: 'CROWN'>)
+    """
+    from lipaudit.types import Method
+
+    key = text.strip().lower()
+    if key == "auto":
+        return "auto"
+    if key == "none":
+        return ()
+    chosen = {Method.parse(m) for m in text.split(",") if m.strip()}
+    if not chosen:
+        raise UsageError(f"Expected auto, none or a list of {', '.join(m.value for m in Method)} but got {text!r}")
+    return tuple(sorted(chosen, key=list(Method).index))
+
+
+def parse_attack_steps(text: str) -> int | None:
+    """``--attack-steps``: ``auto`` (None) or an integer ≥ 2.
+
+    Example:
+        >>> parse_attack_steps("auto"), parse_attack_steps("50")
+        (None, 50)
+    """
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 2:
+        raise UsageError(f"Expected auto or an integer ≥ 2 but got {text!r}")
+    return steps
+
+
+def _norm(text: str) -> Any:
+    from lipaudit.types import Norm
+
+    return Norm.parse(text)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    from lipaudit.io.load import parse_input_shape
+
+    return parse_input_shape(text)
+
+
+NORM = Parsed("norm", _norm)
+EPS_LIST = Parsed("eps", parse_eps_list)
+FLOATS = Parsed("floats", lambda text: parse_floats(text, "comma-separated numbers"))
+METHODS = Parsed("methods", parse_methods)
+ATTACK_STEPS = Parsed("steps", parse_attack_steps)
+SHAPE = Parsed("shape", _shape)
+
+
 def model_options(func: F) -> F:
     """The options every command that loads a model takes."""
     options = [
@@ -62,8 +149,10 @@ def model_options(func: F) -> F:
                           "(e.g. lipaudit.zoo:small_cnn or path/to/nets.py:build)."),
         click.option("--unsafe-pickle", is_flag=True, default=False,
                      help="Allow loading a fully pickled nn.Module. Pickles run code: only for files you trust."),
-        click.option("--mean", default=None, metavar="M1,M2,..", help="Input normalisation mean per channel."),
-        click.option("--std", default=None, metavar="S1,S2,..", help="Input normalisation std per channel."),
+        click.option("--mean", default=None, metavar="M1,M2,..", type=FLOATS,
+                     help="Input normalisation mean per channel."),
+        click.option("--std", default=None, metavar="S1,S2,..", type=FLOATS,
+                     help="Input normalisation std per channel."),
         click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
                      help="Where to run the computations."),
     ]
@@ -72,8 +161,8 @@ def model_options(func: F) -> F:
     return func
 
 
-def load_from_options(path: str, arch: str | None, unsafe_pickle: bool, mean: str | None, std: str | None,
-                      device: str) -> Any:
+def load_from_options(path: str, arch: str | None, unsafe_pickle: bool, mean: tuple[float, ...] | None,
+                      std: tuple[float, ...] | None, device: str) -> Any:
     """Load the model named on the command line (see :func:`lipaudit.io.load.load_model`)."""
     from lipaudit.io.load import load_model
 
@@ -82,8 +171,7 @@ def load_from_options(path: str, arch: str | None, unsafe_pickle: bool, mean: st
 
         if not torch.cuda.is_available():
             raise UsageError("Expected a CUDA device for --device cuda but torch.cuda.is_available() is False")
-    return load_model(path, arch=arch, unsafe_pickle=unsafe_pickle, mean=parse_floats(mean, "--mean"),
-                      std=parse_floats(std, "--std"), device=device)
+    return load_model(path, arch=arch, unsafe_pickle=unsafe_pickle, mean=mean, std=std, device=device)
 
 
 def emit_json(data: Any) -> None:

@@ -25,8 +25,9 @@ def train_and_audit(name: str, config: Any, folder: Path, *, eps: tuple[float, .
     ``trained_by`` is the command line that writes the checkpoint (``lipaudit demo ...``): the report's Reproduce
     line names it first, since checkpoints are not kept with the reports. Ctrl-C during the audit writes the
     partial report and then ends the pipeline (``KeyboardInterrupt``)."""
+    from lipaudit.audit.request import AuditRequest, audit_file
     from lipaudit.cli._options import tqdm_progress
-    from lipaudit.cli.check import audit_model, eps_arg, require_measured, write_outputs
+    from lipaudit.cli.check import require_measured, write_outputs
     from lipaudit.train.loop import save_checkpoint, train_model
     from lipaudit.zoo import small_cnn
 
@@ -42,16 +43,18 @@ def train_and_audit(name: str, config: Any, folder: Path, *, eps: tuple[float, .
     last = log.epochs[-1]
     click.echo(f"lipaudit: trained {name}: train accuracy {last.train_accuracy:.1%}, "
                f"test accuracy {last.test_accuracy or 0:.1%} ({path})", err=True)
-    check = shlex.join(["lipaudit", "check", str(path), "--data", "mnist", "--n", str(n), "--seed", str(seed),
-                        "--norm", "inf", "--eps", eps_arg(eps), "--attack-steps", str(attack_steps),
-                        "--radius" if radius else "--no-radius", "-o", str(folder / f"{name}.html")])
+    request = AuditRequest(path, data="mnist", split="test", n=n, seed=seed, norm=Norm.LINF, eps=eps, methods="auto",
+                           radius=radius, attack_steps=attack_steps)
+    html, json_file = folder / f"{name}.html", folder / f"{name}.json"
+    check = request.command(html, json_file)
     command = f"{shlex.join(trained_by)} && {check}" if trained_by else check
-    result = audit_model(str(path), arch=None, unsafe_pickle=False, mean=None, std=None, device="cpu",
-                         data="mnist", split="test", n=n, seed=seed, norm=Norm.LINF, eps=eps, methods="auto",
-                         radius=radius, memory_budget=8.0, time_budget=60.0, progress=progress, command=command,
-                         attack_steps=attack_steps)
+    bars = tqdm_progress(progress)
+    try:
+        result = audit_file(request, command=command, progress=bars)
+    finally:
+        bars.close()
     require_measured(result)
-    write_outputs(result, folder / f"{name}.html", folder / f"{name}.json")
+    write_outputs(result, html, json_file)
     if result.interrupted:  # the first Ctrl-C ends the whole pipeline; what finished stays on disk
         raise KeyboardInterrupt
     return {**result.to_dict(), "report_href": f"{name}.html"}

@@ -39,8 +39,8 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 @click.option("--timeout-scale", type=float, default=1.0, show_default=True, callback=_positive,
               help="With --instances: multiply every instance's time-out (1 = the competition's).")
 @click.option("--no-progress", is_flag=True, default=False, help="No progress lines on stderr.")
-def verify(model: str | None, spec: str | None, arch: str | None, unsafe_pickle: bool, mean: str | None,
-           std: str | None, device: str, timeout: float | None, result_path: str | None, as_json: bool,
+def verify(model: str | None, spec: str | None, arch: str | None, unsafe_pickle: bool, mean: tuple[float, ...] | None,
+           std: tuple[float, ...] | None, device: str, timeout: float | None, result_path: str | None, as_json: bool,
            instances: str | None, compare_files: tuple[str, ...], out_dir: str, timeout_scale: float,
            no_progress: bool) -> None:
     """Decide whether MODEL satisfies the VNN-LIB property SPEC: prints unsat (verified: no counterexample
