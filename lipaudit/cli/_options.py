@@ -18,7 +18,9 @@ __all__ = [
     "FLOATS",
     "METHODS",
     "NORM",
+    "NORM_DECAY",
     "SHAPE",
+    "SVC",
     "Parsed",
     "emit_json",
     "load_from_options",
@@ -133,7 +135,21 @@ def _shape(text: str) -> tuple[int, ...]:
     return parse_input_shape(text)
 
 
+def _norm_decay(text: str) -> Any:
+    from lipaudit.train.loop import parse_norm_decay
+
+    return parse_norm_decay(text)
+
+
+def _svc(text: str) -> Any:
+    from lipaudit.train.loop import parse_svc
+
+    return parse_svc(text)
+
+
 NORM = Parsed("norm", _norm)
+NORM_DECAY = Parsed("norm-decay", _norm_decay)
+SVC = Parsed("svc", _svc)
 EPS_LIST = Parsed("eps", parse_eps_list)
 FLOATS = Parsed("floats", lambda text: parse_floats(text, "comma-separated numbers"))
 METHODS = Parsed("methods", parse_methods)
@@ -209,16 +225,15 @@ class tqdm_progress:
 
 def shape_option(required: bool) -> Callable[[F], F]:
     """``--input-shape C,H,W`` (without the batch dimension)."""
-    return click.option("--input-shape", "input_shape", required=required, default=None, metavar="C,H,W",
+    return click.option("--input-shape", "input_shape", required=required, default=None, metavar="C,H,W", type=SHAPE,
                         help="Input shape without the batch dimension, e.g. 1,28,28.")
 
 
-def parse_shape(text: str | None, fallback: Sequence[int] | None) -> tuple[int, ...]:
-    """The input shape from ``--input-shape`` or, when absent, the one stored with the model."""
-    from lipaudit.io.load import parse_input_shape
-
-    if text is not None:
-        return parse_input_shape(text)
+def parse_shape(given: tuple[int, ...] | None, fallback: Sequence[int] | None) -> tuple[int, ...]:
+    """The input shape from ``--input-shape`` (parsed by :data:`SHAPE`) or, when absent, the one stored with the
+    model."""
+    if given is not None:
+        return tuple(given)
     if fallback:
         return tuple(int(v) for v in fallback)
     raise UsageError("Expected --input-shape C,H,W (the model file does not record its input shape)")

@@ -113,7 +113,8 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: tuple[float, 
         raise click.BadParameter(f"branch and bound verifies ℓ∞ boxes, not the ℓ{norm} norm: use --norm inf",
                                  param_hint="--complete")
     if (mean is None) != (std is None):
-        raise click.BadParameter("Expected both mean and std (per-channel normalisation) or neither", param_hint="--mean/--std")
+        raise click.BadParameter("Expected both mean and std (per-channel normalisation) or neither",
+                                 param_hint="--mean/--std")
     request = AuditRequest(model, arch=arch, unsafe_pickle=unsafe_pickle, mean=mean, std=std, device=device,
                            data=data, split=split, n=n, seed=seed, norm=norm, eps=eps,
                            methods=methods,  # type: ignore[arg-type]  # METHODS gives "auto" or a tuple

@@ -37,8 +37,8 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 @shape_option(required=False)
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of the table.")
-def norms(model: str, input_shape: str | None, arch: str | None, unsafe_pickle: bool, mean: tuple[float, ...] | None,
-          std: tuple[float, ...] | None, device: str, as_json: bool) -> None:
+def norms(model: str, input_shape: tuple[int, ...] | None, arch: str | None, unsafe_pickle: bool,
+          mean: tuple[float, ...] | None, std: tuple[float, ...] | None, device: str, as_json: bool) -> None:
     """Exact per-layer operator norms (ℓ1, ℓ∞; a certified ℓ2 bracket) and whole-network Lipschitz bounds.
 
     MODEL is a TorchScript / torch.export file, a lipaudit checkpoint, or a state_dict / safetensors file with

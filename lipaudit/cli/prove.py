@@ -45,7 +45,7 @@ def _positive(value: float, what: str) -> float:
 @click.option("--no-mnist", is_flag=True, help="Skip the MNIST demonstrations (synthetic 2-D data only).")
 @click.option("--no-lirpa", is_flag=True, help="Skip auto_LiRPA (certificates from lipaudit's own IBP only).")
 @click.option("--quick", is_flag=True, help="Fewer points, amplitudes, factors and attack steps (seconds).")
-def prove(out: str, model: str | None, input_shape: str | None, arch: str | None, unsafe_pickle: bool,
+def prove(out: str, model: str | None, input_shape: tuple[int, ...] | None, arch: str | None, unsafe_pickle: bool,
           mean: tuple[float, ...] | None, std: tuple[float, ...] | None, device: str, data: str | None,
           eps_linf: float, eps_l2: float, mnist_n: int, full_mnist: bool, no_mnist: bool, no_lirpa: bool,
           quick: bool) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from lipaudit.cli._options import parse_eps_list
+from lipaudit.cli._options import EPS_LIST
 
 __all__ = ["reproduce", "summary_markdown"]
 
@@ -47,13 +47,13 @@ def summary_markdown(summary: dict[str, Any], eps: tuple[float, ...], n: int, se
 @click.option("--out", default="reports/paper", show_default=True, type=click.Path(file_okay=False))
 @click.option("--epochs", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=1), help="Test samples audited.")
-@click.option("--eps", "eps_text", default="0.02,0.05,0.1", show_default=True)
+@click.option("--eps", default="0.02,0.05,0.1", show_default=True, type=EPS_LIST)
 @click.option("--adv-eps", default=0.1, show_default=True, type=float, help="ε of adversarial training.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quick", is_flag=True, help="One set-up per regulariser instead of the grid.")
 @click.option("--n-train", default=None, type=click.IntRange(min=10), help="Training samples [default: all 4,000].")
 @click.option("--progress/--no-progress", default=None)
-def reproduce(out: str, epochs: int, n: int, eps_text: str, adv_eps: float, seed: int, quick: bool,
+def reproduce(out: str, epochs: int, n: int, eps: tuple[float, ...], adv_eps: float, seed: int, quick: bool,
               n_train: int | None, progress: bool | None) -> None:
     """Train the paper's set-ups (plain; norm decay ℓ1/ℓ∞, weight decay, SVC over a small grid; PGD-AT, TRADES,
     ALP) on the built-in MNIST digits, audit each, and write OUT/index.html (side by side), one report per model,
@@ -64,7 +64,6 @@ def reproduce(out: str, epochs: int, n: int, eps_text: str, adv_eps: float, seed
     from lipaudit.io.data import load_data
     from lipaudit.report.compare import write_comparison
 
-    eps = parse_eps_list(eps_text)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     train = load_data("mnist", split="train", n=n_train, seed=seed)

@@ -13,9 +13,8 @@ from typing import Any
 import click
 from torch import nn
 
-from lipaudit.cli._options import parse_floats, tqdm_progress
+from lipaudit.cli._options import FLOATS, NORM, NORM_DECAY, SVC, tqdm_progress
 from lipaudit.errors import UsageError
-from lipaudit.types import Norm
 
 __all__ = ["resolve_arch", "train"]
 
@@ -67,28 +66,33 @@ def resolve_arch(spec: str, input_shape: tuple[int, ...], num_classes: int) -> t
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--n-train", type=int, default=None, help="Train on a class-stratified subset of this size.")
 @click.option("--n-test", type=int, default=None, help="Evaluate on a class-stratified test subset of this size.")
-@click.option("--norm-decay", default=None, metavar="l1:BETA|linf:BETA", help="Norm decay (Liang & Huang 2021).")
+@click.option("--norm-decay", default=None, metavar="l1:BETA|linf:BETA", type=NORM_DECAY,
+              help="Norm decay (Liang & Huang 2021).")
 @click.option("--norm-decay-momentum", type=float, default=0.5, show_default=True)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="Weight-decay λ (baseline).")
-@click.option("--svc", default=None, metavar="CLIP[:EVERY]", help="Singular value clipping (default every 100).")
+@click.option("--svc", default=None, metavar="CLIP[:EVERY]", type=SVC,
+              help="Singular value clipping (default every 100).")
 @click.option("--adv", default=None, metavar="pgd|trades|alp", help="Adversarial training framework.")
-@click.option("--eps", type=float, default=None, help="Adversarial ε in (0, 1] (required with --adv).")
-@click.option("--adv-norm", default="inf", show_default=True, help="Threat-model norm: inf or 2.")
+@click.option("--eps", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Adversarial ε in (0, 1] (required with --adv).")
+@click.option("--adv-norm", default="inf", show_default=True, type=NORM, help="Threat-model norm: inf or 2.")
 @click.option("--adv-steps", type=int, default=10, show_default=True)
 @click.option("--adv-step-size", type=float, default=None, help="Attack step (default 2.5·ε/steps).")
 @click.option("--trades-beta", type=float, default=6.0, show_default=True)
 @click.option("--alp-lambda", type=float, default=0.5, show_default=True)
-@click.option("--mean", default=None, help="Per-channel normalisation mean (comma-separated), stored in the file.")
-@click.option("--std", default=None, help="Per-channel normalisation std (comma-separated).")
+@click.option("--mean", default=None, type=FLOATS,
+              help="Per-channel normalisation mean (comma-separated), stored in the file.")
+@click.option("--std", default=None, type=FLOATS, help="Per-channel normalisation std (comma-separated).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
 @click.option("--log", "log_path", default=None, type=click.Path(dir_okay=False), help="Write the JSON log here.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr (default: when a terminal).")
 def train(data_spec: str, arch: str, epochs: int, lr: float, momentum: float, batch_size: int, seed: int,
-          n_train: int | None, n_test: int | None, norm_decay: str | None, norm_decay_momentum: float,
-          weight_decay: float, svc: str | None, adv: str | None, eps: float | None, adv_norm: str, adv_steps: int,
-          adv_step_size: float | None, trades_beta: float, alp_lambda: float, mean: str | None, std: str | None,
-          device: str, output: str, log_path: str | None, progress: bool | None) -> None:
+          n_train: int | None, n_test: int | None, norm_decay: tuple[Any, float] | None, norm_decay_momentum: float,
+          weight_decay: float, svc: tuple[float, int] | None, adv: str | None, eps: float | None, adv_norm: Any,
+          adv_steps: int, adv_step_size: float | None, trades_beta: float, alp_lambda: float,
+          mean: tuple[float, ...] | None, std: tuple[float, ...] | None, device: str, output: str,
+          log_path: str | None, progress: bool | None) -> None:
     """Train a classifier and save a lipaudit checkpoint with a per-epoch log of every layer's norms.
 
     Example: lipaudit train --data mnist --arch lipaudit.zoo:small_cnn --epochs 3 --norm-decay l1:1e-3 -o m.pt
@@ -99,24 +103,24 @@ def train(data_spec: str, arch: str, epochs: int, lr: float, momentum: float, ba
     from lipaudit.io.load import build_arch
     from lipaudit.modules import Normalize
     from lipaudit.train.adversarial import AdversarialConfig, AdvMethod
-    from lipaudit.train.loop import TrainConfig, parse_norm_decay, parse_svc, save_checkpoint, train_model
+    from lipaudit.train.loop import TrainConfig, save_checkpoint, train_model
 
     adversarial = None
     if adv is not None:
         if eps is None:
             raise UsageError(f"Expected --eps in (0, 1] with --adv {adv!r} but got none")
-        adversarial = AdversarialConfig(AdvMethod.parse(adv), eps=eps, norm=Norm.parse(adv_norm), steps=adv_steps,
+        adversarial = AdversarialConfig(AdvMethod.parse(adv), eps=eps, norm=adv_norm, steps=adv_steps,
                                         step_size=adv_step_size, trades_beta=trades_beta, alp_lambda=alp_lambda)
     elif eps is not None:
         raise UsageError(f"Expected --eps only together with --adv but got --eps {eps!r} alone")
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, batch_size=batch_size, seed=seed,
                          weight_decay=weight_decay,
-                         norm_decay=parse_norm_decay(norm_decay) if norm_decay is not None else None,
-                         norm_decay_momentum=norm_decay_momentum, svc=parse_svc(svc) if svc is not None else None,
+                         norm_decay=norm_decay, norm_decay_momentum=norm_decay_momentum, svc=svc,
                          adversarial=adversarial)
-    mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
+    mean_v, std_v = mean, std
     if (mean_v is None) != (std_v is None):
-        raise UsageError(f"Expected both --mean and --std or neither but got --mean {mean!r}, --std {std!r}")
+        raise click.BadParameter(f"Expected both --mean and --std or neither but got --mean {mean!r}, --std {std!r}",
+                                 param_hint="--mean/--std")
     train_set = load_data(data_spec, n=n_train, seed=seed, split="train")
     test_set = load_data(data_spec, n=n_test, seed=seed, split="test") if train_set.split == "train" else None
     base, kwargs = resolve_arch(arch, train_set.input_shape, train_set.num_classes)
