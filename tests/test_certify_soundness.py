@@ -3,7 +3,8 @@
 For every supported layer type × norm × method × conv mode: outputs at points sampled in the input set (inside, on
 the boundary, at vertices for ℓ∞ and ℓ1) stay within the output bounds; sampled margins stay above the margin lower
 bounds; and a margin-maximising PGD never flips a certified point. A bound computation that raises is not a
-soundness failure (the certifier falls back); it is recorded as a hypothesis event.
+soundness failure (the certifier falls back), but only the configurations auto_LiRPA 0.3 is known not to bound
+(:func:`may_raise`) are allowed to raise; anywhere else a raise fails the test, so it cannot pass without checking.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lipaudit.certify.lirpa import LIRPA_ERRORS, BoundEngine, margin_matrix, sca
 from lipaudit.certify.options import CertifyOptions
 from lipaudit.modules import Normalize
 from lipaudit.types import Method, Norm
+from tests.reference import sample_ball
 
 TOL = 2e-5  # float32: auto_LiRPA's bounds and torch's forward pass differ by rounding
 
@@ -112,32 +114,20 @@ ARCHS = ["linear", "conv_stride_pad", "conv_nopad", "grouped", "batchnorm", "bat
 EPS = {Norm.LINF: (0.01, 0.05, 0.2), Norm.L2: (0.05, 0.2, 1.0), Norm.L1: (0.1, 0.5, 2.0)}
 
 
-def sample_set(x: torch.Tensor, norm: Norm, eps: float, n: int, gen: torch.Generator) -> torch.Tensor:
-    """Points of the input set around one sample x (1, ...): inside, on the boundary and at vertices."""
-    d = x[0].numel()
-    if norm is Norm.LINF:
-        lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
-        u = torch.rand((n, *x.shape[1:]), generator=gen)
-        vert = (torch.rand((n, *x.shape[1:]), generator=gen) < 0.5).to(x.dtype)
-        u = torch.cat([u, vert])
-        return lo + u * (hi - lo)
-    g = torch.randn((2 * n, d), generator=gen)
-    if norm is Norm.L2:
-        g = g / g.norm(dim=1, keepdim=True)
-    else:
-        g = torch.sign(g) * torch.distributions.Exponential(1.0).sample((2 * n, d))
-        g = g / g.abs().sum(dim=1, keepdim=True)
-        idx = torch.randint(0, d, (n,), generator=gen)
-        g[:n] = 0.0
-        g[torch.arange(n), idx] = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)  # the vertices
-    scale = torch.ones(2 * n, 1)
-    scale[n + n // 2:] = torch.rand((2 * n - n - n // 2, 1), generator=gen)
-    return x + (g * scale * eps).view(2 * n, *x.shape[1:])
+def may_raise(arch: str, method: Method, mode: str) -> bool:
+    """Whether auto_LiRPA 0.3 may fail to bound the configuration (the certifier then falls back to the matrix mode
+    or another method), as seen over seeds and radii: CROWN and α-CROWN in patches mode through a normalisation
+    written inside ``forward`` (always) or an average pool before the first convolution (for some weights and
+    radii), and α-CROWN in patches mode through a leading ReLU (rarely)."""
+    if mode != "patches" or method not in (Method.CROWN, Method.ALPHA_CROWN):
+        return False
+    return arch in ("inline_normalize", "avgpool_first") or (arch == "relu_first" and method is Method.ALPHA_CROWN)
 
 
 def check_sound(arch: str, c: int, seed: int, norm: Norm, method: Method, mode: str, eps: float,
-                n_samples: int, pgd_steps: int) -> str:
-    """Assert every soundness property for one configuration; return "raised" or "ok"."""
+                n_samples: int, pgd_steps: int, *, raise_ok: bool = False) -> str:
+    """Assert every soundness property for one configuration and return "ok"; a bound computation that raises
+    fails the check unless ``raise_ok``, and then it returns "raised"."""
     model = build(arch, c, seed)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((2, c, 6, 6), generator=gen)
@@ -148,12 +138,16 @@ def check_sound(arch: str, c: int, seed: int, norm: Norm, method: Method, mode: 
         lower, upper = engine.bounds(x, eps, method, mode, None) if method is not Method.CROWN_IBP else (None, None)
         margin_lb, _ = engine.bounds(x, eps, method, mode, margin_matrix(y, 3))
     except LIRPA_ERRORS as err:
+        if not raise_ok:
+            raise AssertionError(f"{arch} {norm} {method} {mode} eps={eps}: bounding raised "
+                                 f"{type(err).__name__}: {err}") from err
         with contextlib.suppress(InvalidArgument):  # outside a hypothesis test there are no events
             event(f"raised: {arch} {method} {mode} {type(err).__name__}")
         return "raised"
     margins = scatter_margins(margin_lb, y, 3)
     for i in range(x.shape[0]):
-        pts = sample_set(x[i : i + 1], norm, eps, n_samples, gen)
+        # inside, on the boundary and at vertices; auto_LiRPA's ℓ∞ box is cut to [0, 1], its ℓ2/ℓ1 ball is not
+        pts = sample_ball(x[i : i + 1], norm, eps, 2 * n_samples, gen, box=norm is Norm.LINF)[0]
         with torch.no_grad():
             out = model(pts)
         if lower is not None and upper is not None:
@@ -191,7 +185,8 @@ def test_bounds_are_sound_on_random_networks(arch: str, c: int, seed: int, norm:
                                              eps_index: int) -> None:
     if method is Method.ALPHA_CROWN and arch in ("maxpool", "sigmoid", "tanh"):
         method = Method.CROWN  # α-CROWN of auto_LiRPA 0.3 does not handle these; the certifier falls back likewise
-    check_sound(arch, c, seed, norm, method, mode, EPS[norm][eps_index], n_samples=150, pgd_steps=10)
+    check_sound(arch, c, seed, norm, method, mode, EPS[norm][eps_index], n_samples=150, pgd_steps=10,
+                raise_ok=may_raise(arch, method, mode))
 
 
 @pytest.mark.parametrize("arch", ["relu_first", "avgpool_first", "normalize_first", "inline_normalize",
@@ -200,8 +195,8 @@ def test_bounds_are_sound_on_random_networks(arch: str, c: int, seed: int, norm:
 def test_lp_inputs_through_a_non_affine_first_layer_are_sound(arch: str, norm: Norm) -> None:
     """The configurations auto_LiRPA 0.3 gets wrong without lipaudit's ℓp input guard, with IBP and CROWN."""
     for method in (Method.IBP, Method.CROWN):
-        ran = [check_sound(arch, 1, 3, norm, method, mode, EPS[norm][2], n_samples=300, pgd_steps=10)
-               for mode in ("patches", "matrix")]
+        ran = [check_sound(arch, 1, 3, norm, method, mode, EPS[norm][2], n_samples=300, pgd_steps=10,
+                           raise_ok=may_raise(arch, method, mode)) for mode in ("patches", "matrix")]
         assert "ok" in ran, f"{arch} {norm} {method}: raised in both conv modes"
 
 
@@ -226,7 +221,8 @@ def test_full_sweep(arch: str) -> None:
                 continue
             for mode in ("patches", "matrix"):
                 for eps in EPS[norm]:
-                    raised += check_sound(arch, 2, 7, norm, method, mode, eps, n_samples=600, pgd_steps=40) == "raised"
+                    raised += check_sound(arch, 2, 7, norm, method, mode, eps, n_samples=600, pgd_steps=40,
+                                          raise_ok=may_raise(arch, method, mode)) == "raised"
     assert raised < 3 * 4 * 2 * 3, f"{arch}: every configuration raised"
 
 
@@ -234,9 +230,11 @@ def test_sampler_stays_in_the_set() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(1, 2, 3, 3)
     for norm in Norm:
-        pts = sample_set(x, norm, 0.3, 50, gen)
-        dist = torch.linalg.vector_norm((pts - x).flatten(1), ord=norm.p, dim=1)
-        assert dist.max() <= 0.3 + 1e-6 and math.isclose(dist.max().item(), 0.3, rel_tol=1e-5)
+        for box in (False, True):
+            pts = sample_ball(x, norm, 0.3, 100, gen, box=box)[0]
+            dist = torch.linalg.vector_norm((pts - x).flatten(1), ord=norm.p, dim=1)
+            assert dist.max() <= 0.3 + 1e-6 and math.isclose(dist.max().item(), 0.3, rel_tol=1e-5)
+            assert not box or bool(((pts >= 0) & (pts <= 1)).all())
 
 
 @pytest.mark.slow
