@@ -14,6 +14,10 @@ __version__ = "0.1.0"
 # Public names → the module defining them. They are imported on first use (PEP 562), so that `import lipaudit`
 # and `lipaudit --help` / `--version` do not import torch.
 _EXPORTS: dict[str, str] = {
+    "Analysis": "lipaudit.analysis", "analyse": "lipaudit.analysis",
+    "AuditRequest": "lipaudit.audit.request", "audit_file": "lipaudit.audit.request",
+    "AuditConfig": "lipaudit.audit.run", "run_audit": "lipaudit.audit.run",
+    "AuditResult": "lipaudit.audit.result", "Flag": "lipaudit.types",
     "Dataset": "lipaudit.io.data", "load_data": "lipaudit.io.data",
     "DataError": "lipaudit.errors", "LipauditError": "lipaudit.errors", "MissingDependencyError": "lipaudit.errors",
     "ModelLoadError": "lipaudit.errors", "ShapeError": "lipaudit.errors", "SoundnessViolation": "lipaudit.errors",
@@ -29,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "layer_norms": "lipaudit.norms", "operator_norm": "lipaudit.norms",
     "Method": "lipaudit.types", "Norm": "lipaudit.types",
     "APGD": "lipaudit.attacks", "Attack": "lipaudit.attacks", "AttackReport": "lipaudit.attacks",
-    "FGSM": "lipaudit.attacks", "FMN": "lipaudit.attacks", "Flag": "lipaudit.attacks", "PGD": "lipaudit.attacks",
+    "FGSM": "lipaudit.attacks", "FMN": "lipaudit.attacks", "PGD": "lipaudit.attacks",
     "RadiusReport": "lipaudit.attacks", "evaluate_attacks": "lipaudit.attacks",
     "minimal_adversarial_radius": "lipaudit.attacks",
 }
@@ -40,8 +44,12 @@ __all__ = [
     "FMN",
     "PGD",
     "SUPPORTED_LINEAR",
+    "Analysis",
     "Attack",
     "AttackReport",
+    "AuditConfig",
+    "AuditRequest",
+    "AuditResult",
     "DataError",
     "Dataset",
     "Flag",
@@ -63,6 +71,8 @@ __all__ = [
     "UnsupportedLayerError",
     "UsageError",
     "__version__",
+    "analyse",
+    "audit_file",
     "empirical_lipschitz",
     "evaluate_attacks",
     "l2_bracket",
@@ -76,6 +86,7 @@ __all__ = [
     "network_lipschitz",
     "operator_norm",
     "parse_input_shape",
+    "run_audit",
     "trace",
 ]
 
@@ -94,6 +105,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the static view of the same names
+    from lipaudit.analysis import Analysis, analyse
     from lipaudit.attacks import (
         APGD,
         FGSM,
@@ -101,11 +113,13 @@ if TYPE_CHECKING:  # the static view of the same names
         PGD,
         Attack,
         AttackReport,
-        Flag,
         RadiusReport,
         evaluate_attacks,
         minimal_adversarial_radius,
     )
+    from lipaudit.audit.request import AuditRequest, audit_file
+    from lipaudit.audit.result import AuditResult
+    from lipaudit.audit.run import AuditConfig, run_audit
     from lipaudit.errors import (
         DataError,
         LipauditError,
@@ -130,4 +144,4 @@ if TYPE_CHECKING:  # the static view of the same names
     )
     from lipaudit.modules import Normalize
     from lipaudit.norms import SUPPORTED_LINEAR, LayerNorm, l2_bracket, layer_norms, operator_norm
-    from lipaudit.types import Method, Norm
+    from lipaudit.types import Flag, Method, Norm
