@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lipaudit._modes import eval_mode
 from lipaudit.certify import _compat
 from lipaudit.certify.options import CertifyOptions
 from lipaudit.errors import MissingDependencyError, ShapeError, UnsupportedLayerError, UsageError
@@ -136,13 +137,8 @@ def _no_filter_change(*args: Any, **kwargs: Any) -> None:
 
 def eval_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` in eval mode without gradients, leaving every module's train/eval flag as it was."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            return model.eval()(x)
-    finally:
-        for module, flag in flags:
-            module.training = flag
+    with torch.no_grad(), eval_mode(model):
+        return model(x)
 
 
 def validate_inputs(

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipaudit._json import finite_or_none
+from lipaudit._modes import eval_mode
 from lipaudit._progress import NullProgress, Progress
 from lipaudit.errors import DataError, ShapeError, UnsupportedLayerError, UsageError
 from lipaudit.io.data import Dataset
@@ -185,46 +186,32 @@ class TrainResult:
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1000) -> float:
     """Clean accuracy of ``model`` (run in eval mode, modes restored) on ``(x, y)``."""
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
     correct = 0
-    try:
-        with torch.no_grad():
-            for i in range(0, len(y), batch_size):
-                correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-    finally:
-        for m, mode in was:
-            m.train(mode)
+    with eval_mode(model), torch.no_grad():
+        for i in range(0, len(y), batch_size):
+            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
     return correct / max(len(y), 1)
 
 
 def _layer_log(model: nn.Module, input_shape: Sequence[int]) -> tuple[tuple[dict[str, Any], ...], str | None]:
     from lipaudit.norms import layer_norms
 
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        return tuple(n.to_dict() for n in layer_norms(model, input_shape)), None
-    except UnsupportedLayerError as err:
-        return (), str(err)
-    finally:
-        for m, mode in was:
-            m.train(mode)
+    with eval_mode(model):
+        try:
+            return tuple(n.to_dict() for n in layer_norms(model, input_shape)), None
+        except UnsupportedLayerError as err:
+            return (), str(err)
 
 
 def _check_data(model: nn.Module, data: Dataset) -> None:
     classes = torch.unique(data.y)
     if len(classes) < 2:
         raise DataError(f"Expected training data with at least 2 classes but got classes {classes.tolist()!r}")
-    with torch.no_grad():
-        was = model.training
-        model.eval()
+    with torch.no_grad(), eval_mode(model):
         try:
             out = model(data.x[:1])
         except (RuntimeError, ValueError) as err:
             raise ShapeError(f"Expected the model to accept inputs of shape {data.input_shape!r}: {err}") from err
-        finally:
-            model.train(was)
     if out.dim() != 2 or out.shape[1] <= int(data.y.max()):
         raise ShapeError(f"Expected logits (N, >= {int(data.y.max()) + 1}) for {data.name!r} but got "
                          f"{tuple(out.shape)!r}")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from lipaudit._modes import eval_mode
 from lipaudit.errors import ShapeError, UsageError
 from lipaudit.norms.batchnorm import batchnorm_scale
 from lipaudit.types import Norm
@@ -77,12 +78,10 @@ def module_input_shapes(
     for name, module in model.named_modules():
         if isinstance(module, types):
             handles.append(module.register_forward_pre_hook(record(name)))  # type: ignore[arg-type]
-    was_training = model.training
     try:
         ref = next(iter(model.parameters()), None)
         x = torch.zeros(1, *input_shape, device=ref.device if ref is not None else None)
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):  # every submodule's own mode comes back
             model(x)
     except (RuntimeError, ValueError, TypeError) as err:
         shape = tuple(input_shape)
@@ -90,7 +89,6 @@ def module_input_shapes(
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return shapes
 
 
