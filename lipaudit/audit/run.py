@@ -654,6 +654,7 @@ def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, i
 def _assemble(model: nn.Module, x: Tensor, y: Tensor, st: _State, stages: _Stages, model_info: dict[str, Any],
               data_info: dict[str, Any], command: str) -> AuditResult:
     from lipaudit.audit.crosscheck import ordering_violations, soundness_violations
+    from lipaudit.lipschitz.certificate import certified_within
 
     config, n = st.config, st.n
     labels = [int(v) for v in y.tolist()]
@@ -671,8 +672,8 @@ def _assemble(model: nn.Module, x: Tensor, y: Tensor, st: _State, stages: _Stage
         by_who: dict[str, list[bool]] = {who: [c and b for c, b in zip(correct, _bools(t, n), strict=True)]
                                          for who, t in st.certified.get(eps, {}).items()}
         if st.radius_lipschitz is not None:
-            by_who[Certificate.LIPSCHITZ] = [c and r is not None and r > eps for c, r in zip(correct, lip_r,
-                                                                                            strict=True)]
+            by_who[Certificate.LIPSCHITZ] = [c and ok for c, ok in zip(correct, certified_within(lip_r, eps),
+                                                                       strict=True)]
         ran_attacks = eps in st.attacked
         worst = [not c or b for c, b in zip(correct, _bools(st.attacked.get(eps), n), strict=True)]
         certified[key] = by_who

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,7 +22,18 @@ from lipaudit.errors import UsageError
 from lipaudit.lipschitz.upper import lipschitz_radius, margin_lipschitz
 from lipaudit.types import Norm
 
-__all__ = ["LipschitzCertificate", "lipschitz_certify", "lipschitz_radius"]
+__all__ = ["LipschitzCertificate", "certified_within", "lipschitz_certify", "lipschitz_radius"]
+
+
+def certified_within(radius: Sequence[float | None], eps: float) -> tuple[bool, ...]:
+    """The Lipschitz-margin verdict at ``eps``: a sample is certified when its certified radius exceeds ``eps``
+    (``None``, an unknown radius, certifies nothing).
+
+    Example:
+        >>> certified_within([0.2, 0.05, None, math.inf], 0.1)
+        (True, False, False, True)
+    """
+    return tuple(r is not None and r > eps for r in radius)
 
 
 @dataclass(frozen=True)
@@ -89,5 +101,5 @@ def lipschitz_certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: 
     bounds = margin_lipschitz(model, tuple(x.shape[1:]), norm) if margin_bounds is None else margin_bounds
     radius = lipschitz_radius(model, x, y, norm, margin_bounds=bounds)
     values = tuple(float(r) for r in radius)
-    return LipschitzCertificate(norm, float(eps), values, tuple(r > eps for r in values), float(bounds.max()),
+    return LipschitzCertificate(norm, float(eps), values, certified_within(values, eps), float(bounds.max()),
                                 time.perf_counter() - start)
