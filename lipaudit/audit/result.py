@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lipaudit._json import jsonable
 from lipaudit.errors import DataError, UsageError
 from lipaudit.lipschitz.upper import LipschitzReport
 from lipaudit.norms.network import LayerNorm
@@ -85,22 +85,16 @@ def eps_key(eps: float) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready form: dataclasses by their ``to_dict`` (or fields), enums by value, non-finite floats as ``None``."""
+    """JSON-ready form: dataclasses by their ``to_dict`` (or fields), the rest by :func:`lipaudit._json.jsonable`."""
     if dataclasses.is_dataclass(value) and callable(getattr(value, "to_dict", None)):
         return _plain(value.to_dict())  # type: ignore[union-attr]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return _plain(value.item())
-    return value
+    return jsonable(value)
 
 
 @dataclass(frozen=True)

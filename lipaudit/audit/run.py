@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lipaudit._json import finite_or_none
 from lipaudit._modes import eval_mode
 from lipaudit._progress import NullProgress, Progress
 from lipaudit.audit.plan import AttackPlan, attack_budget, measure_pass, plan_attacks
@@ -331,7 +332,7 @@ def _bools(t: Tensor | None, n: int) -> list[bool]:
 def _radii(t: Tensor | None, n: int) -> list[float | None]:
     if t is None:
         return [None] * n
-    return [None if (math.isnan(v) or math.isinf(v)) else float(v) for v in t.tolist()]
+    return [finite_or_none(v) for v in t.tolist()]
 
 
 def run_audit(

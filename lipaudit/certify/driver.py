@@ -10,11 +10,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lipaudit._json import finite_or_none
 from lipaudit._progress import Progress
 from lipaudit.certify import _resources
 from lipaudit.certify.lirpa import LIRPA_ERRORS, BoundEngine, margin_matrix, validate_inputs
 from lipaudit.certify.options import CertifyOptions
-from lipaudit.errors import ShapeError, UnsupportedLayerError, UsageError, first_line
+from lipaudit.errors import ShapeError, UnsupportedLayerError, UsageError, one_line
 from lipaudit.types import Method, Norm
 
 __all__ = ["STATUSES", "Certifier", "CertifyResult", "certify"]
@@ -65,10 +66,6 @@ class CertifyResult:
             "message": list(self.message), "fallbacks": list(self.fallbacks), "batch_size": self.batch_size,
             "time_s": self.time_s, "num_certified": self.num_certified,
         }
-
-
-def _one_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {first_line(err)}"[:300]
 
 
 @dataclasses.dataclass
@@ -198,7 +195,7 @@ class Certifier:
                                     method, mode)
             except _resources.Deadline as err:
                 self.engine.discard()
-                self._last_error = _one_line(err)
+                self._last_error = one_line(err, with_type=True)
                 if len(chunk) > 1:
                     self._batch = max(1, len(chunk) // 2)
                     continue
@@ -210,7 +207,7 @@ class Certifier:
                 continue
             except LIRPA_ERRORS as err:
                 self.engine.discard()
-                self._last_error = _one_line(err)
+                self._last_error = one_line(err, with_type=True)
                 if _resources.is_out_of_memory(err) and len(chunk) > 1:
                     self._batch = max(1, len(chunk) // 2)
                     continue
@@ -231,7 +228,7 @@ class Certifier:
                 self._batch = self._sized_batch(base)
             for i, margin in zip(chunk, margins.tolist(), strict=True):
                 o = outcomes[i]
-                o.margin = float(margin) if math.isfinite(margin) else None  # JSON has no inf / nan
+                o.margin = finite_or_none(margin)  # JSON has no inf / nan
                 o.used = f"{method}[{mode}]"
                 ok = math.isfinite(margin) and margin > self.options.margin_tol
                 if o.status != "timeout" or ok:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lipaudit._json import finite_or_none
 from lipaudit._progress import Progress
 from lipaudit.certify.driver import Certifier
 from lipaudit.certify.lirpa import eval_forward, validate_inputs
@@ -72,7 +73,7 @@ def _bracket(values: torch.Tensor | None, n: int, name: str) -> list[float | Non
     for v in values.tolist():
         if v < 0:
             raise UsageError(f"Expected {name} radii ≥ 0 but got {v!r}")
-        out.append(None if math.isinf(v) or math.isnan(v) else float(v))  # nan: unknown
+        out.append(finite_or_none(v))  # nan: unknown, inf: no attack found one
     return out
 
 

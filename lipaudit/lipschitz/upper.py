@@ -24,11 +24,13 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from lipaudit._json import finite_or_none
 from lipaudit.errors import UnsupportedLayerError, UsageError
 from lipaudit.graph import Graph, Node, NodeKind, trace
 from lipaudit.lipschitz.lower import _lower_bounds, _margins, empirical_lipschitz, margin_lower
 from lipaudit.modules import Normalize
 from lipaudit.norms import SUPPORTED_LINEAR, operator_norm
+from lipaudit.norms.batchnorm import batchnorm_scale
 from lipaudit.ops import GELU_CONSTANT, OpKind, activation_constant, nonlinear_types, op_for_module
 from lipaudit.types import Norm
 
@@ -191,12 +193,10 @@ def _folded(graph: Graph, node: Node) -> tuple[nn.Module, list[Node]] | None:
 
 
 def _bn_scale(bn: nn.Module | None) -> torch.Tensor | None:
-    """γ/√(running_var + ε) of an eval-mode BatchNorm (None without running statistics)."""
+    """γ/√(running_var + ε) of an eval-mode BatchNorm (None for another module or one without running statistics)."""
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None:
         return None
-    var = bn.running_var.detach()
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
-    return gamma / torch.sqrt(var + bn.eps)
+    return batchnorm_scale(bn, dtype=None)
 
 
 def _clone_without_bias(layer: nn.Module) -> nn.Module:
@@ -404,8 +404,7 @@ class LipschitzReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (norm as ``"1"``, ``"2"`` or ``"inf"``)."""
-        def num(v: float | None) -> float | None:
-            return None if v is None or not math.isfinite(v) else float(v)
+        num = finite_or_none
         return {
             "norm": str(self.norm), "upper_product": num(self.upper_product), "upper_graph": num(self.upper_graph),
             "margin_upper": num(self.margin_upper), "empirical_lower": num(self.empirical_lower),

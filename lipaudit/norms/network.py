@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lipaudit._modes import eval_mode
-from lipaudit.errors import ShapeError, UnsupportedLayerError, first_line
+from lipaudit.errors import ShapeError, UnsupportedLayerError, check_shape, one_line
 from lipaudit.graph import Graph, NodeKind, trace
 from lipaudit.norms.base import SpectralBracket
 from lipaudit.norms.rules import RULES, rule_for
@@ -91,13 +91,7 @@ class LayerNorm:
 
 
 def _shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except (TypeError, ValueError) as err:
-        raise ShapeError(f"Expected a sequence of ints as input shape but got {input_shape!r}") from err
-    if not shape or any(s <= 0 for s in shape):
-        raise ShapeError(f"Expected a non-empty input shape of positive ints but got {input_shape!r}")
-    return shape
+    return check_shape(input_shape, error=ShapeError)
 
 
 #: ℓ2 brackets already computed in this process, keyed by the module's identity, its tensors' storage and version
@@ -255,7 +249,7 @@ def _leaf_layers(model: nn.Module, input_shape: Sequence[int]
         with torch.no_grad(), eval_mode(model):
             model(x)
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        raise ShapeError(f"The model rejects input shape {list(input_shape)!r}: {first_line(err)[:200]}") from err
+        raise ShapeError(f"The model rejects input shape {list(input_shape)!r}: {one_line(err, limit=200)}") from err
     finally:
         for h in handles:
             h.remove()
