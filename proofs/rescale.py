@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lipaudit.errors import UnsupportedLayerError, UsageError
-from lipaudit.graph import Graph, Node, trace
+from lipaudit.graph import Graph, Node, NodeKind, trace
 from lipaudit.norms import operator_norm
 from lipaudit.types import Norm
 
@@ -94,10 +94,10 @@ def _consumers(graph: Graph) -> dict[str, list[Node]]:
 
 
 def _transparent(node: Node) -> bool:
-    if node.kind == "flatten":
+    if node.kind == NodeKind.FLATTEN:
         flat = (math.prod(node.input_shape),)
         return node.output_shape in (flat, node.input_shape)
-    return node.kind in ("module", "function") and isinstance(node.module, _TRANSPARENT)
+    return node.kind in (NodeKind.MODULE, NodeKind.FUNCTION) and isinstance(node.module, _TRANSPARENT)
 
 
 def _operator_norm(module: nn.Module, input_shape: Sequence[int], norm: Norm) -> float:
@@ -116,11 +116,11 @@ def find_pairs(model: nn.Module, input_shape: Sequence[int]) -> list[RescalePair
     cons = _consumers(graph)
     uses: dict[int, int] = {}
     for n in graph.nodes:
-        if n.kind == "module" and n.module is not None:
+        if n.kind == NodeKind.MODULE and n.module is not None:
             uses[id(n.module)] = uses.get(id(n.module), 0) + 1
     pairs: list[RescalePair] = []
     for a in graph.nodes:
-        if a.kind != "module" or not isinstance(a.module, _AFFINE) or uses[id(a.module)] != 1:
+        if a.kind != NodeKind.MODULE or not isinstance(a.module, _AFFINE) or uses[id(a.module)] != 1:
             continue
         nxt = cons.get(a.name, [])
         if len(nxt) != 1 or not isinstance(nxt[0].module, nn.ReLU):
@@ -132,12 +132,12 @@ def find_pairs(model: nn.Module, input_shape: Sequence[int]) -> list[RescalePair
             if len(after) != 1:
                 break
             nd = after[0]
-            if nd.kind == "module" and isinstance(nd.module, _AFFINE):
+            if nd.kind == NodeKind.MODULE and isinstance(nd.module, _AFFINE):
                 found = nd
                 break
             if not _transparent(nd):
                 break
-            if (nd.kind == "flatten" or isinstance(nd.module, nn.Flatten)) and len(nd.input_shape) > 1:
+            if (nd.kind == NodeKind.FLATTEN or isinstance(nd.module, nn.Flatten)) and len(nd.input_shape) > 1:
                 if nd.input_shape[0] != units or len(nd.output_shape) != 1:
                     break
                 repeat = math.prod(nd.input_shape[1:])

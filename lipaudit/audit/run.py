@@ -47,7 +47,10 @@ from lipaudit.audit.result import (
     Witness,
     eps_key,
 )
+from lipaudit.certify.driver import Outcome
+from lipaudit.certify.radius import RadiusStatus
 from lipaudit.errors import LipauditError, ModelEvaluationError, NonFiniteWeightError, UsageError, one_line
+from lipaudit.lipschitz.upper import LipschitzStatus
 from lipaudit.types import Flag, Method, Norm, Severity, Status
 
 if TYPE_CHECKING:  # names for annotations only (the modules are imported when a stage runs)
@@ -398,7 +401,7 @@ def _run_stages(model: nn.Module, logits: Tensor, x: Tensor, y: Tensor, st: _Sta
             raise ModelEvaluationError("no analysis of the model (the norms stage did not finish)")
         report = st.analysis.lipschitz(config.norm, x, y)
         st.lipschitz = report
-        if report.status == "bounded":
+        if report.status == LipschitzStatus.BOUNDED:
             bounds = st.analysis.margin_bounds(config.norm)
             st.radius_lipschitz = lipschitz_radius(model, x, y, config.norm, margin_bounds=bounds).detach()
             wrong = report.contradictions()
@@ -526,8 +529,7 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
                 if idx.numel():
                     res = _the_certifier(model, x, config, st, engines).certify(x[idx], y[idx], eps, method)
                     flags[idx] = res.certified.cpu()
-                    counts = {k.replace("-", "_"): res.status.count(k)
-                              for k in ("certified", "not-certified", "error", "timeout")}
+                    counts = {str(k).replace("-", "_"): res.status.count(k) for k in Outcome}
                     errors = sorted({m for m in res.message if m})
                     st.cert_info["outcomes"].append({"method": str(method), "eps": eps, **counts,
                                                      "fallbacks": list(res.fallbacks), "messages": errors[:3],
@@ -570,7 +572,7 @@ def _run_radius(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, met
                               "tol": config.radius_tol, "time_s": rres.time_s,
                               "methods_used": sorted({m for m in rres.method_used if m})}
     bad = [{"index": int(idx[k]), "message": rres.message[k] or ""} for k, s in enumerate(rres.status)
-           if s == "inconsistent"]
+           if s == RadiusStatus.INCONSISTENT]
     st.crosschecks.append(CrossCheck(
         "radius-brackets", not bad, len(rres.status),
         "the radius bisection's lower bracket (Lipschitz radius, ε certified by the sweep) ≤ its upper bracket "
@@ -590,11 +592,11 @@ def _certify_at_attack_radius(x: Tensor, y: Tensor, config: AuditConfig, method:
     if todo and config.norm is Norm.LINF:
         eps = radius[todo].to(x.dtype).to(x.device)
         outcomes = certifier.certify_batch(x[todo], y[todo], eps, method)
-        certified = [i for i, o in zip(todo, outcomes, strict=True) if o.status == "certified"]
+        certified = [i for i, o in zip(todo, outcomes, strict=True) if o.status == Outcome.CERTIFIED]
     else:
         for i in todo:
             outcome = certifier.certify_batch(x[i:i + 1], y[i:i + 1], float(radius[i]), method)[0]
-            if outcome.status == "certified":
+            if outcome.status == Outcome.CERTIFIED:
                 certified.append(i)
     failures = tuple({"index": i, "eps": float(radius[i]), "method": str(method)} for i in certified)
     detail = (f"{method} bounds at ε = each sample's attack radius, where the radius attack found an adversarial "

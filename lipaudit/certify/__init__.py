@@ -6,7 +6,7 @@ auto_LiRPA is imported only by :mod:`lipaudit.certify.lirpa`, lazily, after the 
 
 from __future__ import annotations
 
-from lipaudit.certify.driver import STATUSES, Certifier, CertifyResult, certify
+from lipaudit.certify.driver import STATUSES, Certifier, CertifyResult, Outcome, certify
 from lipaudit.certify.lirpa import INSTALL_HINT, load_auto_lirpa, margin_bounds, output_bounds
 from lipaudit.certify.options import CertifyOptions
 from lipaudit.certify.radius import CertifiedRadiusResult, certified_radius
@@ -18,6 +18,7 @@ __all__ = [
     "Certifier",
     "CertifyOptions",
     "CertifyResult",
+    "Outcome",
     "certified_radius",
     "certify",
     "load_auto_lirpa",

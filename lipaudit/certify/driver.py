@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import time
 from typing import Any, ClassVar
@@ -18,11 +19,22 @@ from lipaudit.certify.options import CertifyOptions
 from lipaudit.errors import ShapeError, UnsupportedLayerError, UsageError, one_line
 from lipaudit.types import Method, Norm
 
-__all__ = ["STATUSES", "Certifier", "CertifyResult", "certify"]
+__all__ = ["STATUSES", "Certifier", "CertifyResult", "Outcome", "certify"]
 
 _ORDER = (Method.IBP, Method.CROWN_IBP, Method.CROWN, Method.ALPHA_CROWN)
 _MAX_BATCH = 64
-STATUSES = ("certified", "not-certified", "error", "timeout")
+
+
+class Outcome(enum.StrEnum):
+    """A sample's certification outcome at one ε (a string enum: ``Outcome.CERTIFIED == "certified"``)."""
+
+    CERTIFIED = "certified"  #: the margin lower bound exceeds the tolerance for every other class
+    NOT_CERTIFIED = "not-certified"  #: a bound was computed and it does not certify
+    ERROR = "error"  #: no method could bound the sample (the message says why)
+    TIMEOUT = "timeout"  #: over the time budget, and no cheaper method certified it
+
+
+STATUSES = tuple(Outcome)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +52,7 @@ class CertifyResult:
     norm: Norm
     eps: float
     method: Method
-    status: tuple[str, ...]
+    status: tuple[Outcome, ...]
     margin_lower: tuple[float | None, ...]
     method_used: tuple[str | None, ...]
     message: tuple[str | None, ...]
@@ -51,12 +63,12 @@ class CertifyResult:
     @property
     def certified(self) -> torch.Tensor:
         """Boolean mask (N,) of certified samples."""
-        return torch.tensor([s == "certified" for s in self.status], dtype=torch.bool)
+        return torch.tensor([s == Outcome.CERTIFIED for s in self.status], dtype=torch.bool)
 
     @property
     def num_certified(self) -> int:
         """How many samples are certified."""
-        return sum(s == "certified" for s in self.status)
+        return sum(s == Outcome.CERTIFIED for s in self.status)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -72,7 +84,7 @@ class CertifyResult:
 class _Outcome:
     margin: float | None = None
     used: str | None = None
-    status: str | None = None
+    status: Outcome | None = None
     message: str | None = None
 
 
@@ -200,7 +212,7 @@ class Certifier:
                     self._batch = max(1, len(chunk) // 2)
                     continue
                 self._batch = self._batch or 1
-                outcomes[chunk[0]].status = "timeout"
+                outcomes[chunk[0]].status = Outcome.TIMEOUT
                 outcomes[chunk[0]].message = f"{method}[{mode}]: {self._last_error}"
                 failed.append(chunk[0])
                 queue = rest
@@ -218,8 +230,8 @@ class Certifier:
                     self._batch = 1
                     continue
                 for i in chunk:
-                    if outcomes[i].status != "timeout":
-                        outcomes[i].status = "error"
+                    if outcomes[i].status != Outcome.TIMEOUT:
+                        outcomes[i].status = Outcome.ERROR
                         outcomes[i].message = outcomes[i].message or f"{method}[{mode}]: {self._last_error}"
                 failed.extend(chunk)
                 queue = rest
@@ -231,8 +243,9 @@ class Certifier:
                 o.margin = finite_or_none(margin)  # JSON has no inf / nan
                 o.used = f"{method}[{mode}]"
                 ok = math.isfinite(margin) and margin > self.options.margin_tol
-                if o.status != "timeout" or ok:
-                    o.status, o.message = ("certified" if ok else "not-certified"), o.message if not ok else None
+                if o.status != Outcome.TIMEOUT or ok:
+                    o.status = Outcome.CERTIFIED if ok else Outcome.NOT_CERTIFIED
+                    o.message = o.message if not ok else None
             queue = rest
         if self._batch is not None:
             self._batches[(method, mode)] = self._batch
@@ -251,7 +264,7 @@ class Certifier:
             progress("certify", x.shape[0], x.shape[0])
         return CertifyResult(
             norm=self.norm, eps=float(eps), method=method,
-            status=tuple(o.status or "error" for o in outcomes),
+            status=tuple(o.status or Outcome.ERROR for o in outcomes),
             margin_lower=tuple(o.margin for o in outcomes), method_used=tuple(o.used for o in outcomes),
             message=tuple(o.message for o in outcomes), fallbacks=tuple(self.notes + self.fallbacks[n_fallbacks:]),
             batch_size=self._batch or 1, time_s=time.perf_counter() - start,

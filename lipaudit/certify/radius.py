@@ -11,6 +11,7 @@ are bisected one at a time: batching per-sample ε gave no CPU speed-up for conv
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import time
 from typing import Any
@@ -20,13 +21,24 @@ from torch import nn
 
 from lipaudit._json import finite_or_none
 from lipaudit._progress import Progress
-from lipaudit.certify.driver import Certifier
+from lipaudit.certify.driver import Certifier, Outcome
 from lipaudit.certify.lirpa import eval_forward, validate_inputs
 from lipaudit.certify.options import CertifyOptions
 from lipaudit.errors import UsageError
 from lipaudit.types import Method, Norm
 
-__all__ = ["CertifiedRadiusResult", "certified_radius"]
+__all__ = ["CertifiedRadiusResult", "RadiusStatus", "certified_radius"]
+
+
+
+class RadiusStatus(enum.StrEnum):
+    """How a sample's radius bisection ended (a string enum: ``RadiusStatus.OK == "ok"``)."""
+
+    OK = "ok"  #: bisected to the tolerance (or to the brackets)
+    MISCLASSIFIED = "misclassified"  #: radius 0
+    ERROR = "error"  #: no method could run: the radius is the lower bracket
+    INCONSISTENT = "inconsistent"  #: lower bracket > upper bracket: one of them is unsound; radius None
+
 
 _START = {Norm.LINF: 1.0 / 255, Norm.L2: 0.05, Norm.L1: 0.5}
 _MAX_STEPS = 40
@@ -146,7 +158,7 @@ def certified_radius(
             radius.append(0.0)
             upper_out.append(0.0)
             used.append(None)
-            status.append("misclassified")
+            status.append(RadiusStatus.MISCLASSIFIED)
             messages.append(None)
         else:
             r, hi, who, st, msg = _bisect(certifier, x[i : i + 1], y[i : i + 1], method, lows[i] or 0.0, highs[i],
@@ -171,16 +183,16 @@ def _bisect(
     tol: float, cap: float, norm: Norm,
 ) -> tuple[float | None, float | None, str | None, str, str | None]:
     if hi is not None and lo > hi:
-        return None, hi, None, "inconsistent", f"lower bracket {lo!r} > upper bracket {hi!r}"
+        return None, hi, None, RadiusStatus.INCONSISTENT, f"lower bracket {lo!r} > upper bracket {hi!r}"
     who: str | None = "lower-bracket" if lo > 0 else None
     errors: list[str] = []
 
     def certified_at(eps: float) -> str | None:
         for m in _cascade(method):
             outcome = certifier.certify_batch(x, y, eps, m)[0]
-            if outcome.status == "certified":
+            if outcome.status == Outcome.CERTIFIED:
                 return outcome.used
-            if outcome.status in ("error", "timeout") and outcome.message:
+            if outcome.status in (Outcome.ERROR, Outcome.TIMEOUT) and outcome.message:
                 errors.append(outcome.message)
         return None
 
@@ -208,4 +220,4 @@ def _bisect(
         else:
             lo, who = mid, got
     all_failed = who is None and errors and len(errors) >= steps
-    return lo, hi, who, ("error" if all_failed else "ok"), (errors[-1] if errors else None)
+    return lo, hi, who, (RadiusStatus.ERROR if all_failed else RadiusStatus.OK), (errors[-1] if errors else None)

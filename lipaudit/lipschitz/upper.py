@@ -16,6 +16,7 @@ min_{j≠y} (f_y − f_j)(x) / L_yj.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "ACTIVATION_CONSTANTS",
     "GELU_CONSTANT",
     "LipschitzReport",
+    "LipschitzStatus",
     "UnavailableBound",
     "UnboundedNetwork",
     "empirical_lipschitz",
@@ -368,6 +370,14 @@ def lipschitz_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: N
     return torch.where(correct, radius.clamp_min(0.0), torch.zeros_like(radius))
 
 
+class LipschitzStatus(enum.StrEnum):
+    """Whether a whole-network upper bound exists (a string enum: ``LipschitzStatus.BOUNDED == "bounded"``)."""
+
+    BOUNDED = "bounded"  #: every node has a bound
+    UNBOUNDED = "unbounded"  #: a node has no global bound (a product of activations, LayerNorm, ...)
+    UNAVAILABLE = "unavailable"  #: a node has no rule
+
+
 @dataclass(frozen=True)
 class LipschitzReport:
     """Upper and lower bounds on the Lipschitz constant of a model in one norm.
@@ -397,7 +407,7 @@ class LipschitzReport:
     margin_lower: float | None = None
     margin_looseness: float | None = None
     factors: tuple[tuple[str, str, float, str], ...] = field(default=())
-    status: str = "bounded"
+    status: LipschitzStatus = LipschitzStatus.BOUNDED
     reason: str = ""
     node: str | None = None
     op: str | None = None
@@ -424,7 +434,8 @@ class LipschitzReport:
                          str(f.get("how", ""))) for f in data.get("factors") or ())
         return cls(Norm.parse(data["norm"]), get("upper_product"), get("upper_graph"), get("margin_upper"),
                    get("empirical_lower"), get("looseness"), get("margin_lower"), get("margin_looseness"), factors,
-                   str(data.get("status", "bounded")), str(data.get("reason", "")), data.get("node"), data.get("op"))
+                   LipschitzStatus(data.get("status", "bounded")), str(data.get("reason", "")), data.get("node"),
+                   data.get("op"))
 
     def contradictions(self, *, rtol: float = 1e-6) -> list[str]:
         """Every certified upper bound that an empirical lower bound exceeds — a proof that the upper bound is wrong
@@ -461,7 +472,7 @@ def lipschitz_report(model: nn.Module, input_shape: Any, norm: Norm | str | floa
         lower = m_lower = None
         if x is not None and y is not None:
             lower, m_lower = _lower_bounds(model, x, y, norm)
-        status = "unbounded" if isinstance(err, UnboundedNetwork) else "unavailable"
+        status = LipschitzStatus.UNBOUNDED if isinstance(err, UnboundedNetwork) else LipschitzStatus.UNAVAILABLE
         return LipschitzReport(norm, None, None, None, lower, None, m_lower, None, (), status, str(err), err.node,
                                err.op)
     upper_product = _upper(graph, norm, False, cache)
