@@ -200,3 +200,24 @@ def test_run_audit_accepts_the_callers_analysis(trained: Any) -> None:
     result = run_audit(model, *trained[1:], _config(radius_method=None, attack_radius=False), model_info={},
                        data_info={}, analysis=analysis)
     assert result.layers == analysis.layers
+
+
+def test_the_lipschitz_bounds_reuse_the_norm_table(trained: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The analysis seeds the Lipschitz composition with its norm table: no operator norm is computed again (the MLP
+    has nothing to fold), and the bounds equal the ones computed from scratch."""
+    import lipaudit.lipschitz.upper as upper
+
+    model = trained[0]
+    fresh = {norm: upper.network_lipschitz(model, (1, 8, 8), norm) for norm in Norm}
+    analysis = analyse(model, (1, 8, 8))
+    calls: list[Any] = []
+    real = upper.operator_norm
+
+    def counted(*a: Any, **k: Any) -> float:
+        calls.append(a)
+        return real(*a, **k)
+    monkeypatch.setattr(upper, "operator_norm", counted)
+    for norm in Norm:
+        report = analysis.lipschitz(norm)
+        assert report.upper_graph == pytest.approx(fresh[norm], rel=1e-9)
+    assert calls == []
