@@ -216,8 +216,22 @@ def test_batch_size_follows_the_measured_peak_memory_and_the_budget(monkeypatch:
         return real(xb, *args)
 
     cert.engine.bounds = bounds  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(cert, "_choose_batch", lambda *a: cert._single_s.clear())  # batches as fast: kept
     result = cert.certify(x, y, 0.01, "CROWN")
-    assert calls == [1, 2, 2, 2, 1] and result.batch_size == 2  # (2.25 − 1) GiB / 0.5 GiB per sample → 2
+    # the probe, one warm sample timed alone, then batches of (2.25 − 1) GiB / 0.5 GiB per sample → 2
+    assert calls == [1, 1, 2, 2, 2] and result.batch_size == 2
+
+
+@pytest.mark.parametrize(("batch_s", "kept"), [(0.02, False), (0.005, True), (0.01, False)])
+def test_batches_are_kept_only_when_faster_per_sample(batch_s: float, kept: bool) -> None:
+    """CROWN in patches mode on a CPU can cost more per sample in a batch than alone: the measured faster wins."""
+    model, x, _ = _model_and_data(2)
+    cert = Certifier(model, x, "inf")
+    key = (Method.CROWN, "patches")
+    cert._single_s[key], cert._batch = 0.01, 8
+    cert._choose_batch(Method.CROWN, "patches", 8, batch_s)
+    assert (cert._batch == 8) is kept and key not in cert._single_s
+    assert any("one sample at a time" in n for n in cert.notes) is not kept
 
 
 def test_lp_backward_methods_over_the_memory_budget_give_way_to_crown_ibp() -> None:

@@ -111,6 +111,7 @@ class Certifier:
         self.computations = 0
         self._last_error = ""
         self._batches: dict[tuple[Method, str], int] = {}  # measured per method and mode: memory differs
+        self._single_s: dict[tuple[Method, str], float | None] = {}  # a warm one-sample run's seconds, until compared
         self._batch: int | None = None
         self.notes: list[str] = []
         if self.engine.patches_unsound:
@@ -190,7 +191,9 @@ class Certifier:
     ) -> list[int]:
         """Run one (method, mode) on the samples ``todo``; return those it failed on.
 
-        Without a fixed batch size the first sample runs alone and its peak memory sizes the batches.
+        Without a fixed batch size the first sample runs alone: its peak memory sizes the batches, and its time is
+        compared with the first batch's time per sample; when batching is not faster (CROWN in patches mode on a CPU
+        often is not: a batch of 64 costs 2.5× per sample on a small CNN), the rest runs one sample at a time.
         """
         failed: list[int] = []
         queue = list(todo)
@@ -201,7 +204,11 @@ class Certifier:
         while queue:
             probing = self._batch is None
             base = _resources.rss_bytes() if probing and _resources.reset_peak_rss() else None
-            chunk, rest = queue[: self._batch or 1], queue[self._batch or 1 :]
+            size = self._batch or 1
+            if (method, mode) in self._single_s:  # measuring: one warm sample alone, then a batch of at most 8
+                size = 1 if self._single_s[(method, mode)] is None else min(size, 8)
+            chunk, rest = queue[:size], queue[size:]
+            started = time.perf_counter()
             try:
                 margins = self._run(x[chunk], y[chunk], eps[chunk] if isinstance(eps, torch.Tensor) else eps,
                                     method, mode)
@@ -236,8 +243,16 @@ class Certifier:
                 failed.extend(chunk)
                 queue = rest
                 continue
+            elapsed = time.perf_counter() - started
             if probing:
                 self._batch = self._sized_batch(base)
+                if self.options.batch_size is None and self._batch > 1:
+                    self._single_s[(method, mode)] = None  # time the next sample alone, once warm
+            elif (method, mode) in self._single_s:
+                if self._single_s[(method, mode)] is None:
+                    self._single_s[(method, mode)] = elapsed
+                elif len(chunk) > 1:
+                    self._choose_batch(method, mode, len(chunk), elapsed / len(chunk))
             for i, margin in zip(chunk, margins.tolist(), strict=True):
                 o = outcomes[i]
                 o.margin = finite_or_none(margin)  # JSON has no inf / nan
@@ -250,6 +265,14 @@ class Certifier:
         if self._batch is not None:
             self._batches[(method, mode)] = self._batch
         return failed
+
+    def _choose_batch(self, method: Method, mode: str, size: int, per_sample_s: float) -> None:
+        """Keep batches only when they are faster per sample than the one-sample probe (measured, once)."""
+        single = self._single_s.pop((method, mode))
+        if single is not None and per_sample_s >= single:
+            self._batch = 1
+            self.notes.append(f"{method}[{mode}]: one sample at a time (a batch of {size} took "
+                              f"{1000 * per_sample_s:.0f} ms per sample, one sample {1000 * single:.0f} ms)")
 
     def certify(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method | str,
                 progress: Progress | None = None) -> CertifyResult:
