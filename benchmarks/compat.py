@@ -57,7 +57,7 @@ def _formats(folder: Path) -> dict[str, tuple[Callable[[], nn.Module], tuple[int
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_lirpa() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
@@ -92,7 +92,7 @@ def _stage_text(result: Any) -> dict[str, str]:
 def audit_one(build: Callable[[], nn.Module], shape: tuple[int, ...], n: int, steps: int) -> dict[str, Any]:
     """Build, label random inputs by the model itself, audit; the row's cells and per-stage seconds."""
     t0 = time.perf_counter()
-    with _quiet():
+    with quiet_lirpa():
         model = build().eval()
     load_s = time.perf_counter() - t0
     x = torch.rand((n, *shape), generator=torch.Generator().manual_seed(0))
@@ -104,7 +104,7 @@ def audit_one(build: Callable[[], nn.Module], shape: tuple[int, ...], n: int, st
     choose_s = time.perf_counter() - t0  # the one trace and norm table of the audit, and the method choice
     config = AuditConfig(norm="inf", eps=(EPS,), methods=methods, radius_method=None,  # type: ignore[arg-type]
                          attack_radius=False, attack_steps=steps, time_budget_s=60.0)
-    with _quiet():
+    with quiet_lirpa():
         result = run_audit(model, x, y, config, model_info={}, data_info={}, analysis=analysis)
     row = _stage_text(result)
     row["methods"] = ", ".join(str(m) for m in methods) or "none"

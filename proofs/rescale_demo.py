@@ -64,7 +64,7 @@ def product_of_norms(model: nn.Module, input_shape: Sequence[int], norm: Norm) -
     return math.prod(float(getattr(ln, attr)) for ln in layer_norms(model, input_shape))
 
 
-def _margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, eps: float,
+def logit_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, eps: float,
              method: Method) -> tuple[torch.Tensor, str]:
     got = lirpa_margins(model, x, y, norm, eps, method)
     if got is not None:
@@ -82,7 +82,7 @@ def rescale_demo(
     with torch.no_grad():
         ref = model(x)
     scale = float(ref.abs().max().clamp_min(1e-12))
-    base_m, used = _margins(model, x, y, norm, eps, method)
+    base_m, used = logit_margins(model, x, y, norm, eps, method)
     base_att = attack_successes(model, x, y, norm, eps, steps=attack_steps)
     base_prod = product_of_norms(model, shape, norm)
     rows = [RescaleRow(1.0, 1.0, 1.0, 0.0, base_prod, int((base_m > 0).sum()), 0.0,
@@ -94,7 +94,7 @@ def rescale_demo(
         pair = res.pair
         with torch.no_grad():
             rel = float((res.model(x) - ref).abs().max()) / scale
-        m, _ = _margins(res.model, x, y, norm, eps, method)
+        m, _ = logit_margins(res.model, x, y, norm, eps, method)
         finite = torch.isfinite(base_m) & torch.isfinite(m)
         rel_change = (m - base_m).abs()[finite] / base_m.abs()[finite].clamp_min(1e-3)
         change = float(rel_change.max()) if finite.any() else 0.0

@@ -185,10 +185,10 @@ def test_an_interrupted_stage_returns_what_finished(trained: Any) -> None:
 
 def test_a_bug_in_lipaudit_is_not_turned_into_a_stage_failure(trained: Any) -> None:
     """An error raised by lipaudit's own code propagates (a traceback to fix), unlike one raised by the model."""
-    from lipaudit.lipschitz.lower import _margins
+    from lipaudit.lipschitz.lower import logit_margins
 
     def buggy(*args: Any, **kwargs: Any) -> Any:
-        return _margins(torch.zeros(2, 3), torch.tensor([5, 5]))  # an index error inside lipaudit
+        return logit_margins(torch.zeros(2, 3), torch.tensor([5, 5]))  # an index error inside lipaudit
 
     with pytest.raises(RuntimeError):
         _audit(trained, Engines(attacks=buggy), radius_method=None, attack_radius=False)

@@ -359,7 +359,7 @@ def test_lipschitz_margin_certificate() -> None:
 
 @pytest.mark.parametrize("chunk", [2, 64])
 def test_lower_bound_covers_every_point_jacobian(chunk: int) -> None:
-    from lipaudit.lipschitz.lower import _lower_bounds
+    from lipaudit.lipschitz.lower import gradient_lower_bounds
 
     model = tiny_cnn(input_size=6).double().eval()
     x = torch.rand(5, 1, 6, 6, dtype=torch.float64)
@@ -367,6 +367,6 @@ def test_lower_bound_covers_every_point_jacobian(chunk: int) -> None:
     for norm in NORMS:
         jacs = [torch.func.jacrev(lambda t: model(t[None])[0])(xi).reshape(10, -1) for xi in x]
         oracle = max(_dense_norm(j.detach(), norm) for j in jacs)
-        lower, _ = _lower_bounds(model, x, y, norm, chunk=chunk)
+        lower, _ = gradient_lower_bounds(model, x, y, norm, chunk=chunk)
         assert lower >= oracle * (1 - 1e-9)
         assert lower <= network_lipschitz(model, (1, 6, 6), norm) * (1 + REL)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lipaudit.attacks.base import Attack, _view, project, sample_ball, steepest_direction
+from lipaudit.attacks.base import Attack, batch_view, project, sample_ball, steepest_direction
 from lipaudit.attacks.losses import LossFn, logits_and_grad, resolve_loss, targeted_dlr_loss
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
@@ -144,7 +144,7 @@ class APGD(Attack):
         eta = 2.0 * eps if norm is not Norm.L1 else 1.0 * eps
         z, loss, g = logits_and_grad(model, x_cur, loss_fn, y)
         wrong = z.argmax(1) != y
-        x_adv = torch.where(_view(wrong, x), x_cur, x)
+        x_adv = torch.where(batch_view(wrong, x), x_cur, x)
         found = wrong.clone()
         x_best, loss_best, g_best = x_cur.clone(), torch.nan_to_num(loss, nan=-math.inf), g
         x_prev = x_cur.clone()
@@ -154,7 +154,7 @@ class APGD(Attack):
         reduced_at_mark = torch.ones(n, dtype=torch.bool, device=x.device)
         last_mark = 0
         for k in range(self.steps - 1):
-            step = _view(eta, x) * steepest_direction(g, x_cur, norm)
+            step = batch_view(eta, x) * steepest_direction(g, x_cur, norm)
             z_pt = project(x_cur + step, x, eps, norm)
             a = 0.75 if k > 0 else 1.0
             x_next = project(x_cur + a * (z_pt - x_cur) + (1 - a) * (x_cur - x_prev), x, eps, norm)
@@ -164,13 +164,13 @@ class APGD(Attack):
             loss = torch.nan_to_num(loss, nan=-math.inf)
             wrong = z.argmax(1) != y
             new = wrong & ~found
-            x_adv = torch.where(_view(new, x), x_cur, x_adv)
+            x_adv = torch.where(batch_view(new, x), x_cur, x_adv)
             found |= wrong
             successes += (loss > loss_prev).float()
             loss_prev = loss
             better = loss > loss_best
-            x_best = torch.where(_view(better, x), x_cur, x_best)
-            g_best = torch.where(_view(better, x), g, g_best)
+            x_best = torch.where(batch_view(better, x), x_cur, x_best)
+            g_best = torch.where(batch_view(better, x), g, g_best)
             loss_best = torch.where(better, loss, loss_best)
             if k + 1 in marks:
                 span = k + 1 - last_mark
@@ -180,8 +180,8 @@ class APGD(Attack):
                 reduced_at_mark = reduce
                 best_at_mark = loss_best.clone()
                 eta = torch.where(reduce, eta / 2, eta)
-                x_cur = torch.where(_view(reduce, x), x_best, x_cur)
-                g = torch.where(_view(reduce, x), g_best, g)
+                x_cur = torch.where(batch_view(reduce, x), x_best, x_cur)
+                g = torch.where(batch_view(reduce, x), g_best, g)
                 successes.zero_()
                 last_mark = k + 1
-        return torch.where(_view(found, x), x_adv, x_best), found
+        return torch.where(batch_view(found, x), x_adv, x_best), found

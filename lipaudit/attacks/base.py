@@ -26,6 +26,7 @@ from lipaudit.types import Norm
 __all__ = [
     "Attack",
     "CountingModel",
+    "batch_view",
     "check_eps",
     "eval_mode",
     "lp_norm",
@@ -127,7 +128,8 @@ def check_inputs(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return x.detach(), y.detach().to(device=x.device, dtype=torch.long)
 
 
-def _view(t: Tensor, like: Tensor) -> Tensor:
+def batch_view(t: Tensor, like: Tensor) -> Tensor:
+    """A per-sample tensor ``(N,)`` viewed as ``(N, 1, ..., 1)`` to broadcast against a batch like ``like``."""
     return t.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -199,13 +201,13 @@ def project(x_adv: Tensor, x: Tensor, eps: Tensor, norm: Norm) -> Tensor:
     """
     delta = x_adv - x
     if norm is Norm.LINF:
-        e = _view(eps, x)
+        e = batch_view(eps, x)
         delta = torch.maximum(torch.minimum(delta, e), -e)
         return (x + delta).clamp(0.0, 1.0)
     if norm is Norm.L2:
         n = lp_norm(delta, norm)
         factor = (eps / n.clamp_min(1e-30)).clamp(max=1.0)
-        return (x + delta * _view(factor, x)).clamp(0.0, 1.0)
+        return (x + delta * batch_view(factor, x)).clamp(0.0, 1.0)
     flat_x = x.flatten(1)
     d = _project_l1(delta.flatten(1), -flat_x, 1.0 - flat_x, eps)
     return (x + d.view_as(x)).clamp(0.0, 1.0)
@@ -268,17 +270,17 @@ def sample_ball(x: Tensor, norm: Norm, eps: float | Tensor, n: int = 1, *, gener
     if norm is Norm.LINF:
         u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
         u = (u < 0.5).to(x.dtype) * 2 - 1 if boundary else u * 2 - 1
-        return project(xs + u * _view(es, xs), xs, es, norm).view(n, *x.shape)
+        return project(xs + u * batch_view(es, xs), xs, es, norm).view(n, *x.shape)
     if norm is Norm.L2:
         d = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
     else:
         u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype).clamp_min(1e-12)
         sign = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) < 0.5
         d = torch.where(sign, -u.log(), u.log())  # Laplace: normalised, uniform direction on the ℓ1 sphere
-    d = d / _view(lp_norm(d, norm).clamp_min(1e-30), xs)
+    d = d / batch_view(lp_norm(d, norm).clamp_min(1e-30), xs)
     r = (torch.ones(shape[0], device=x.device, dtype=x.dtype) if boundary else
          torch.rand((shape[0],), generator=generator, device=x.device, dtype=x.dtype))
-    return project(xs + d * _view(r * es, xs), xs, es, norm).view(n, *x.shape)
+    return project(xs + d * batch_view(r * es, xs), xs, es, norm).view(n, *x.shape)
 
 
 class Attack(abc.ABC):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipaudit.attacks.base import _view, lp_norm, project
+from lipaudit.attacks.base import batch_view, lp_norm, project
 from lipaudit.types import Flag, Norm, Severity
 
 __all__ = [
@@ -185,11 +185,11 @@ def noise_attack(
         else:
             d = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).clamp_min(1e-12).log()
             d = d * (torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1)
-        d = d / _view(lp_norm(d, norm).clamp_min(1e-30), x)
+        d = d / batch_view(lp_norm(d, norm).clamp_min(1e-30), x)
         cand = project(x + d * eps, x, e, norm)
         with torch.no_grad():
             wrong = model(cand).argmax(1) != y
         new = wrong & ~hit
-        x_adv = torch.where(_view(new, x), cand, x_adv)
+        x_adv = torch.where(batch_view(new, x), cand, x_adv)
         hit |= wrong
     return x_adv, hit

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from lipaudit._progress import NullProgress, Progress
 from lipaudit.attacks.apgd import APGD
-from lipaudit.attacks.base import Attack, CountingModel, _view, check_eps, check_inputs, eval_mode
+from lipaudit.attacks.base import Attack, CountingModel, batch_view, check_eps, check_inputs, eval_mode
 from lipaudit.attacks.checks import (
     Flag,
     check_gradients,
@@ -280,7 +280,7 @@ def evaluate_attacks(
                 )
             this_eps_acc.append(_fraction(~attacked))
             carried = prev_attacked & ~attacked
-            x_adv = torch.where(_view(carried, x), prev_adv, x_adv)
+            x_adv = torch.where(batch_view(carried, x), prev_adv, x_adv)
             attacked = attacked | prev_attacked
             results.append(
                 EpsResult(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lipaudit.attacks.base import Attack, _view, project, steepest_direction
+from lipaudit.attacks.base import Attack, batch_view, project, steepest_direction
 from lipaudit.attacks.losses import logits_and_grad, resolve_loss
 from lipaudit.types import Norm
 
@@ -38,4 +38,4 @@ class FGSM(Attack):
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
         _, _, g = logits_and_grad(model, x, self._loss_fn, y)
-        return project(x + steepest_direction(g, x, self.norm) * _view(eps, x), x, eps, self.norm)
+        return project(x + steepest_direction(g, x, self.norm) * batch_view(eps, x), x, eps, self.norm)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from lipaudit.attacks.base import (
     Attack,
     CountingModel,
-    _view,
+    batch_view,
     check_inputs,
     eval_mode,
     lp_norm,
@@ -111,7 +111,7 @@ class FMN(Attack):
             d_norm = lp_norm(delta, norm)
             adv = z.argmax(1) != y
             improve = adv & (d_norm < best_norm)
-            best = torch.where(_view(improve, x), x + delta, best)
+            best = torch.where(batch_view(improve, x), x + delta, best)
             best_norm = torch.where(improve, d_norm, best_norm)
             if k == self.steps:
                 break
@@ -126,7 +126,7 @@ class FMN(Attack):
                 torch.where(torch.isinf(best_norm), extrapolated, eps * (1 + gamma)),
             )
             eps = torch.nan_to_num(eps, nan=0.0, posinf=0.0).clamp_min(1e-12)
-            x_new = x + delta + _view(alpha * eps, x) * steepest_direction(g, x + delta, norm)
+            x_new = x + delta + batch_view(alpha * eps, x) * steepest_direction(g, x + delta, norm)
             delta = project(x_new, x, eps, norm) - x
         return best, torch.isfinite(best_norm)
 

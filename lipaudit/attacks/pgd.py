@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lipaudit.attacks.base import Attack, _view, project, sample_ball, steepest_direction
+from lipaudit.attacks.base import Attack, batch_view, project, sample_ball, steepest_direction
 from lipaudit.attacks.losses import logits_and_grad, resolve_loss
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
@@ -72,10 +72,11 @@ class PGD(Attack):
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
         gen = self.generator(x.device)
-        alpha = _view(eps * 2.5 / self.steps if self.step_size is None else torch.full_like(eps, self.step_size), x)
+        step_size = eps * 2.5 / self.steps if self.step_size is None else torch.full_like(eps, self.step_size)
+        alpha = batch_view(step_size, x)
         if self.norm is Norm.LINF:  # the ℓ∞ projection is one clamp between precomputed bounds
-            lower = (x - _view(eps, x)).clamp(min=0.0)
-            upper = (x + _view(eps, x)).clamp(max=1.0)
+            lower = (x - batch_view(eps, x)).clamp(min=0.0)
+            upper = (x + batch_view(eps, x)).clamp(max=1.0)
         found = torch.zeros_like(eps, dtype=torch.bool)
         x_found = x.clone()
         best = x.clone()
@@ -100,6 +101,6 @@ class PGD(Attack):
                 else:
                     x_adv = project(x_adv + steepest_direction(g, x_adv, self.norm) * alpha, x, eps, self.norm)
             better = torch.nan_to_num(loss, nan=-math.inf) > best_loss
-            best = torch.where(_view(better, x), x_adv, best)
+            best = torch.where(batch_view(better, x), x_adv, best)
             best_loss = torch.where(better, loss, best_loss)
-        return torch.where(_view(found, x), x_found, best)
+        return torch.where(batch_view(found, x), x_found, best)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from lipaudit._json import finite_or_none
 from lipaudit._progress import NullProgress, Progress
 from lipaudit.attacks.apgd import APGD
-from lipaudit.attacks.base import CountingModel, _view, check_inputs, eval_mode, lp_norm
+from lipaudit.attacks.base import CountingModel, batch_view, check_inputs, eval_mode, lp_norm
 from lipaudit.attacks.fmn import FMN
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
@@ -181,7 +181,7 @@ def minimal_adversarial_radius(
                 if sub.numel() == 0:
                     break
                 ids = idx[sub]
-                eps = _view(mid[sub], mid[sub]).to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)
+                eps = batch_view(mid[sub], mid[sub]).to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)
                 cand = attack.perturb(counted, x[ids], y[ids], eps)
                 before = radius[ids].clone()
                 record(ids, cand, "apgd-bisection")

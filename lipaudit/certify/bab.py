@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lipaudit.certify import _compat
-from lipaudit.certify.lirpa import LIRPA_ERRORS, _deep_recursion, _quiet, load_auto_lirpa, prepare_model
+from lipaudit.certify.lirpa import LIRPA_ERRORS, deep_recursion, load_auto_lirpa, prepare_model, quiet_lirpa
 from lipaudit.certify.spec import BoxProperty, Verdict
 from lipaudit.errors import UnsupportedLayerError, UsageError, first_line, one_line
 from lipaudit.types import Norm
@@ -225,7 +225,7 @@ class BranchAndBound:
         opts: dict[str, Any] = {"conv_mode": "matrix", **_compat.alpha_bound_opts()}
         opts["optimize_bound_args"] = {"iteration": self.options.alpha_iterations, "lr_alpha": 0.1,
                                        "lr_beta": 0.05, "early_stop_patience": 10}
-        with _deep_recursion(), _quiet():
+        with deep_recursion(), quiet_lirpa():
             try:
                 self.bounded = self.lirpa.BoundedModule(self.model, example, bound_opts=opts, device="cpu")
             except LIRPA_ERRORS as err:
@@ -265,7 +265,7 @@ class BranchAndBound:
             "enable_beta_crown": beta, "iteration": iterations or self.options.alpha_iterations, "lr_beta": lr_beta,
             "fix_intermediate_layer_bounds": True}})
         grad = torch.enable_grad() if method == "CROWN-Optimized" else torch.no_grad()
-        with grad, _deep_recursion(), _quiet():
+        with grad, deep_recursion(), quiet_lirpa():
             try:
                 lower, _, a_dict = self.bounded.compute_bounds(
                     x=(x,), C=c, method=method, bound_upper=False, intermediate_layer_bounds=interm, return_A=True,
@@ -467,7 +467,7 @@ class BranchAndBound:
         tighter of the two per neuron), so that a split also tightens the layers after it."""
         first = self.relus[0].inputs[0].name
         x, c = self._boxed(lo, hi, a)
-        with torch.no_grad(), _deep_recursion(), _quiet():
+        with torch.no_grad(), deep_recursion(), quiet_lirpa():
             try:
                 self.bounded.compute_bounds(x=(x,), C=c, method="backward", bound_upper=False,
                                             intermediate_layer_bounds={first: reference[first]},

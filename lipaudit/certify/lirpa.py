@@ -36,12 +36,14 @@ __all__ = [
     "INSTALL_HINT",
     "LIRPA_ERRORS",
     "BoundEngine",
+    "deep_recursion",
     "eval_forward",
     "load_auto_lirpa",
     "margin_bounds",
     "margin_matrix",
     "output_bounds",
     "prepare_model",
+    "quiet_lirpa",
     "scatter_margins",
     "validate_inputs",
 ]
@@ -61,7 +63,7 @@ _lirpa: ModuleType | None = None
 
 
 @contextlib.contextmanager
-def _deep_recursion() -> Iterator[None]:
+def deep_recursion() -> Iterator[None]:
     """The recursion limit auto_LiRPA sets for itself (its graph walks recurse once per layer), while it runs."""
     previous = sys.getrecursionlimit()
     sys.setrecursionlimit(max(previous, 100_000))
@@ -84,7 +86,7 @@ class _ListHandler(logging.Handler):
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[list[str]]:
+def quiet_lirpa() -> Iterator[list[str]]:
     """Collect what auto_LiRPA logs or prints during one call (library code does not print), hide its warnings."""
     logger = logging.getLogger("auto_LiRPA")
     handler, propagate = _ListHandler(), logger.propagate
@@ -263,7 +265,7 @@ class BoundEngine:
             if alpha:
                 opts.update(_compat.alpha_bound_opts())
                 opts["optimize_bound_args"] = {"iteration": self.options.alpha_iterations}
-            with _deep_recursion(), _quiet() as log:
+            with deep_recursion(), quiet_lirpa() as log:
                 try:
                     self._bounded[key] = self.lirpa.BoundedModule(
                         self.model, self._example, bound_opts=opts, device=self._example.device
@@ -304,8 +306,8 @@ class BoundEngine:
         alpha = method is Method.ALPHA_CROWN
         bounded = self._module(conv_mode, alpha)
         grad = torch.enable_grad() if alpha else torch.no_grad()
-        # _quiet also hides numpy's RuntimeWarning from auto_LiRPA's ℓ1 dual exponent 1 / (1 - 1/1) = inf.
-        with grad, _deep_recursion(), _quiet():
+        # quiet_lirpa also hides numpy's RuntimeWarning from auto_LiRPA's ℓ1 dual exponent 1 / (1 - 1/1) = inf.
+        with grad, deep_recursion(), quiet_lirpa():
             bx = self.lirpa.BoundedTensor(x, self.perturbation(x, eps))
             lower, upper = bounded.compute_bounds(
                 x=(bx,), C=c, method=_METHOD_NAMES[method], bound_upper=c is None or method is Method.IBP

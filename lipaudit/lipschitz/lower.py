@@ -15,10 +15,15 @@ from torch import nn
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
 
-__all__ = ["empirical_lipschitz", "margin_lower"]
+__all__ = [
+    "empirical_lipschitz",
+    "gradient_lower_bounds",
+    "logit_margins",
+    "margin_lower",
+]
 
 
-def _margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def logit_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(N, K) margins f_y − f_j (0 on j = y)."""
     return logits.gather(1, y[:, None]) - logits
 
@@ -59,7 +64,7 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
         raise UsageError(f"Expected x (N, ...) with N ≥ 1 and y (N,) but got {tuple(x.shape)}, {tuple(y.shape)}")
 
 
-def _lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, *, directions: int = 4,
+def gradient_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, *, directions: int = 4,
                   chunk: int = 64) -> tuple[float, float]:
     """(lower bound on L(f) in ℓp→ℓp, lower bound on max_j L(f_y − f_j)) from gradients and finite differences.
 
@@ -99,7 +104,7 @@ def _lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm
                 f1 = model((flat + delta).reshape_as(xs)).double()
                 ratio = torch.linalg.vector_norm(f1 - logits, ord=norm.p, dim=1)[ok] / dn[ok]
                 net_low = max(net_low, float(ratio.max()))
-                md = _margins(f1, ys) - _margins(logits, ys)
+                md = logit_margins(f1, ys) - logit_margins(logits, ys)
                 margin_low = max(margin_low, float((md.abs().amax(1)[ok] / dn[ok]).max()))
     return net_low, margin_low
 
@@ -108,9 +113,9 @@ def empirical_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm
     """A lower bound on the ℓp→ℓp Lipschitz constant of ``model``: the largest Jacobian norm ‖J(x)‖_{p→p} at the
     given points, and finite-difference ratios ‖f(x+δ) − f(x)‖_p / ‖δ‖_p along margin-gradient and random
     directions (‖δ‖_p = 1e-3 in float64, 1e-2 otherwise)."""
-    return _lower_bounds(model, x, y, Norm.parse(norm))[0]
+    return gradient_lower_bounds(model, x, y, Norm.parse(norm))[0]
 
 
 def margin_lower(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm | str | float) -> float:
     """A lower bound on max_j L(f_y − f_j): the largest ‖∇(f_y − f_j)(x)‖_q and finite-difference ratios."""
-    return _lower_bounds(model, x, y, Norm.parse(norm))[1]
+    return gradient_lower_bounds(model, x, y, Norm.parse(norm))[1]

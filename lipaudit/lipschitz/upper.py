@@ -28,7 +28,7 @@ from torch import nn
 from lipaudit._json import finite_or_none
 from lipaudit.errors import UnsupportedLayerError, UsageError
 from lipaudit.graph import Graph, Node, NodeKind, trace
-from lipaudit.lipschitz.lower import _lower_bounds, _margins, empirical_lipschitz, margin_lower
+from lipaudit.lipschitz.lower import empirical_lipschitz, gradient_lower_bounds, logit_margins, margin_lower
 from lipaudit.modules import Normalize
 from lipaudit.norms import SUPPORTED_LINEAR, operator_norm
 from lipaudit.norms.batchnorm import batchnorm_scale
@@ -361,7 +361,7 @@ def lipschitz_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: N
     bounds = margin_lipschitz(model, tuple(x.shape[1:]), norm) if margin_bounds is None else margin_bounds
     with torch.no_grad():
         logits = model(x).double()
-    margins = _margins(logits, y.to(logits.device))
+    margins = logit_margins(logits, y.to(logits.device))
     lyj = bounds.to(logits)[y.to(logits.device)]
     ratio = torch.where(lyj > 0, margins / lyj, torch.where(margins > 0, math.inf, 0.0))
     ratio.scatter_(1, y[:, None].to(logits.device), math.inf)
@@ -471,7 +471,7 @@ def lipschitz_report(model: nn.Module, input_shape: Any, norm: Norm | str | floa
     except _NoBound as err:
         lower = m_lower = None
         if x is not None and y is not None:
-            lower, m_lower = _lower_bounds(model, x, y, norm)
+            lower, m_lower = gradient_lower_bounds(model, x, y, norm)
         status = LipschitzStatus.UNBOUNDED if isinstance(err, UnboundedNetwork) else LipschitzStatus.UNAVAILABLE
         return LipschitzReport(norm, None, None, None, lower, None, m_lower, None, (), status, str(err), err.node,
                                err.op)
@@ -481,7 +481,7 @@ def lipschitz_report(model: nn.Module, input_shape: Any, norm: Norm | str | floa
     margin_up = float(_margin_matrix(graph, norm, cache).max())
     lower = m_lower = loose = m_loose = None
     if x is not None and y is not None:
-        lower, m_lower = _lower_bounds(model, x, y, norm)
+        lower, m_lower = gradient_lower_bounds(model, x, y, norm)
         loose = upper / lower if lower > 0 else None
         m_loose = margin_up / m_lower if m_lower > 0 else None
     return LipschitzReport(norm, upper_product, min(upper, upper_product), margin_up, lower, loose, m_lower, m_loose,

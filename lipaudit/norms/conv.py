@@ -51,6 +51,7 @@ __all__ = [
     "conv_forward",
     "conv_geometry",
     "conv_transpose_geometry",
+    "fold_kernel",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def _indicator_cached(groups: tuple[tuple[int, ...], ...], k: int, dtype: torch.
     return mat.to(device)
 
 
-def _fold(kernel: torch.Tensor, mats: Sequence[torch.Tensor]) -> torch.Tensor:
+def fold_kernel(kernel: torch.Tensor, mats: Sequence[torch.Tensor]) -> torch.Tensor:
     """Apply ``mats[j]`` (rows × k_j) along spatial dimension j of ``kernel`` (..., k_1, …, k_d)."""
     out = kernel
     nd = len(mats)
@@ -138,7 +139,7 @@ def _closed_form(abs_k: torch.Tensor, geom: ConvGeometry, groups: int, which: No
     ones = torch.ones(groups, 1, per_group.shape[1], dtype=abs_k.dtype, device=abs_k.device)
     per_ci = torch.bmm(ones, per_group).reshape(-1, *abs_k.shape[2:])  # (c_in, *k)
     mats = [_indicator(c, a.k, abs_k) for c, a in zip(class_sets, geom.axes, strict=True) if c is not None]
-    return float(_fold(per_ci, mats).max())
+    return float(fold_kernel(per_ci, mats).max())
 
 
 
@@ -178,13 +179,13 @@ def _folded(kernel: torch.Tensor, geom: ConvGeometry, groups: int, which: Norm) 
                 patterns.add(tuple(sorted(tuple(t) for t in g.values())))
             per_axis.append([_indicator(p, a.k, kernel) for p in patterns])
         for mats in _product(per_axis):
-            best = max(best, float(_fold(kernel, mats).abs().flatten(1).sum(1).max()))
+            best = max(best, float(fold_kernel(kernel, mats).abs().flatten(1).sum(1).max()))
         return best
     per_axis = [[_indicator(p, a.k, kernel) for p in set(_column_tap_sets(a, geom.mode)) if p]
                 for a in geom.axes]
     gk = _grouped(kernel, groups)
     for mats in _product(per_axis):
-        folded = _fold(gk, mats).abs()  # (g, co/g, ci/g, *rows)
+        folded = fold_kernel(gk, mats).abs()  # (g, co/g, ci/g, *rows)
         best = max(best, float(folded.sum(1).flatten(2).sum(2).max()))
     return best
 

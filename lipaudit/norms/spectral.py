@@ -35,7 +35,7 @@ import torch
 
 from lipaudit.norms.base import SpectralBracket, safe_upper
 from lipaudit.norms.blocks import cholesky_upper, eigh_upper, gram_upper
-from lipaudit.norms.conv import ConvGeometry, _fold, conv_forward, conv_geometry
+from lipaudit.norms.conv import ConvGeometry, conv_forward, conv_geometry, fold_kernel
 
 __all__ = [
     "cholesky_upper",
@@ -81,7 +81,7 @@ def _polyphase_blocks(weight: torch.Tensor, geom: ConvGeometry, groups: int) -> 
         sizes.append((a.s, period))
         placements.append(place.reshape(a.s * period, a.k))
     nd = len(geom.axes)
-    k = _fold(weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:]), placements)
+    k = fold_kernel(weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:]), placements)
     split = [d for s, p in sizes for d in (s, p)]
     k = k.reshape(*k.shape[:3], *split)
     phase_dims = [3 + 2 * j for j in range(nd)]

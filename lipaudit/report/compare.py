@@ -14,7 +14,7 @@ import numpy as np
 
 from lipaudit.audit.result import AuditResult, atomic_write_text
 from lipaudit.report import plots
-from lipaudit.report.html import _environment, fmt, pct
+from lipaudit.report.html import fmt, pct, report_environment
 
 __all__ = ["critical_rho", "norm_robustness_correlation", "render_comparison", "spearman", "write_comparison"]
 
@@ -173,7 +173,7 @@ def render_comparison(results: Sequence[AuditResult | Mapping[str, Any]], names:
         }
     corr = norm_robustness_correlation(rs)
     css = resources.files("lipaudit.report").joinpath("templates/base.css").read_text(encoding="utf-8")
-    return _environment().get_template("compare.html.j2").render(
+    return report_environment().get_template("compare.html.j2").render(
         rs=list(zip(labels, rs)), figs=figs, corr=corr, statement=_statement(corr), css=css,
         eps_list=sorted({row["eps"] for r in rs for row in r["accuracy"]}), fmt=fmt, pct=pct,
     )

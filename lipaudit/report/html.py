@@ -15,7 +15,13 @@ import numpy as np
 from lipaudit.audit.result import AuditResult, atomic_write_text
 from lipaudit.report import plots
 
-__all__ = ["fmt", "render_report", "verdict_lines", "write_report"]
+__all__ = [
+    "fmt",
+    "render_report",
+    "report_environment",
+    "verdict_lines",
+    "write_report",
+]
 
 _NORM_LABEL = {"inf": "ℓ∞", "2": "ℓ2", "1": "ℓ1"}
 
@@ -43,7 +49,7 @@ def pct(value: Any) -> str:
     return f"{100.0 * float(value):.1f}%"
 
 
-def _environment() -> jinja2.Environment:
+def report_environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("lipaudit.report", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -223,7 +229,7 @@ def render_report(result: AuditResult | Mapping[str, Any]) -> str:
         "certify": _stage_failure(r, "certify"),
     }
     model_name = Path(str(r["model"].get("path") or "model")).name
-    template = _environment().get_template("report.html.j2")
+    template = report_environment().get_template("report.html.j2")
     css = resources.files("lipaudit.report").joinpath("templates/base.css").read_text(encoding="utf-8")
     return template.render(
         r=r, tm=tm, env=r.get("environment") or {}, css=css, figs=figs, model_name=model_name,
