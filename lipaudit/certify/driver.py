@@ -323,8 +323,8 @@ def certify(
         ...     _ = net[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]))
         ...     _ = net[1].bias.zero_()
         >>> x = torch.tensor([[[[0.9, 0.5], [0.5, 0.5]]]])
-        >>> certify(net, x, torch.tensor([0]), "inf", 0.1, "CROWN").status
-        ('certified',)
+        >>> certify(net, x, torch.tensor([0]), "inf", 0.1, "CROWN").status == ("certified",)
+        True
     """
     method = Method.parse(method)
     validate_inputs(model, x, y, eps)  # before parsing the model with auto_LiRPA
