@@ -25,6 +25,8 @@ def train_and_audit(name: str, config: Any, folder: Path, *, eps: tuple[float, .
     ``trained_by`` is the command line that writes the checkpoint (``lipaudit demo ...``): the report's Reproduce
     line names it first, since checkpoints are not kept with the reports. Ctrl-C during the audit writes the
     partial report and then ends the pipeline (``KeyboardInterrupt``)."""
+    import torch
+
     from lipaudit.audit.request import AuditRequest, audit_file
     from lipaudit.cli._options import tqdm_progress
     from lipaudit.cli.check import require_measured, write_outputs
@@ -34,6 +36,7 @@ def train_and_audit(name: str, config: Any, folder: Path, *, eps: tuple[float, .
     click.echo(f"lipaudit: training {name}", err=True)
     bars = tqdm_progress(progress)
     try:
+        torch.manual_seed(config.seed)  # the initial weights follow the seed, whatever ran before in the process
         model = small_cnn()
         log = train_model(model, train, config, test=test, progress=bars)
     finally:
