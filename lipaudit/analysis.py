@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lipaudit._modes import eval_mode
-from lipaudit.errors import LipauditError, UnsupportedLayerError, check_shape
+from lipaudit.errors import LipauditError, UnsupportedLayerError, UsageError, check_shape
 from lipaudit.graph import Graph, NodeKind, trace
 from lipaudit.lipschitz.upper import LipschitzReport, lipschitz_report, margin_lipschitz
 from lipaudit.norms.network import LayerNorm, layer_norms
@@ -56,6 +56,7 @@ class Analysis:
     layers: tuple[LayerNorm, ...]
     layers_error: Exception | None = None
     _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
+    _state: tuple[Any, ...] = field(default=(), repr=False)
     _hidden: int | None = field(default=None, repr=False)
 
     @property
@@ -71,6 +72,20 @@ class Analysis:
             else:
                 self._hidden = _hooked_activations(self.model, self.input_shape, pointwise)
         return self._hidden
+
+    def check_fits(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        """Refuse to stand for another model, another input shape, or weights changed since the analysis (its norms
+        would then certify radii of a model that no longer exists).
+
+        Raises:
+            UsageError: naming what differs.
+        """
+        if model is not self.model:
+            raise UsageError("The analysis given to the audit is of another model object: analyse this model")
+        if tuple(input_shape) != self.input_shape:
+            raise UsageError(f"The analysis is for inputs of shape {self.input_shape}, not {tuple(input_shape)}")
+        if _fingerprint(model) != self._state:
+            raise UsageError("The model's weights or buffers changed after the analysis: analyse it again")
 
     def _graph(self) -> Graph:
         if self.graph is None:
@@ -115,10 +130,16 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> Analysis:
                 layers = tuple(layer_norms(model, shape, dtype=torch.float64))
         except (LipauditError, RuntimeError, ValueError, TypeError) as err:  # the norms stage reports it
             layers_error = err
-        analysis = Analysis(model, shape, graph, trace_error, layers, layers_error)
+        analysis = Analysis(model, shape, graph, trace_error, layers, layers_error, _state=_fingerprint(model))
         if graph is not None:
             _seed(analysis._cache, graph, layers)
     return analysis
+
+
+def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
+    """Every parameter's and buffer's storage, shape and version counter (an in-place update bumps the version)."""
+    return tuple((name, t.data_ptr(), t._version, tuple(t.shape))
+                 for name, t in (*model.named_parameters(), *model.named_buffers()))
 
 
 def _seed(cache: dict[tuple[Any, ...], Any], graph: Graph, layers: Sequence[LayerNorm]) -> None:

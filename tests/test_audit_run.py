@@ -48,7 +48,8 @@ def _config(**kw: Any) -> AuditConfig:
 def _audit(trained: tuple[nn.Module, torch.Tensor, torch.Tensor], engines: Engines | None = None,
            **kw: Any) -> AuditResult:
     model, x, y = trained
-    return run_audit(model, x, y, _config(**kw), model_info={}, data_info={}, engines=engines)
+    return run_audit(model, x, y, _config(**kw), model_info={"path": "mlp.pt"},
+                     data_info={"data": "digits", "split": "test", "seed": 1}, engines=engines)
 
 
 def _check(result: AuditResult, name: str) -> Any:
@@ -221,3 +222,69 @@ def test_the_lipschitz_bounds_reuse_the_norm_table(trained: Any, monkeypatch: py
         report = analysis.lipschitz(norm)
         assert report.upper_graph == pytest.approx(fresh[norm], rel=1e-9)
     assert calls == []
+
+
+@pytest.mark.parametrize("norm", list(Norm))
+def test_an_exact_lipschitz_bound_raises_no_alarm(norm: Norm) -> None:
+    """For a linear classifier the margin bounds are exact: float32 rounding of the lower bounds must not pass for a
+    contradiction (the check's tolerance covers it)."""
+    from lipaudit.lipschitz.lower import pair_gradient_norms
+
+    for seed in range(6):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+        with torch.no_grad():
+            model[1].weight.mul_(1 + 5 * seed)
+        x = torch.rand(12, 1, 8, 8)
+        y = model(x).argmax(1)
+        analysis = analyse(model, (1, 8, 8))
+        report = analysis.lipschitz(norm, x, y)
+        assert report.contradictions() == [], (seed, report)
+        slopes = pair_gradient_norms(model, x, y, norm)
+        bounds = analysis.margin_bounds(norm).double()[y]
+        assert torch.allclose(slopes, bounds, rtol=1e-5, atol=1e-6)  # exact: the slopes reach the bounds
+
+
+def test_one_wrong_class_pair_bound_is_caught(trained: Any) -> None:
+    """A class-pair bound below its margin gradient fails the check even when it is not the largest pair bound
+    (the network-level comparison of maxima would miss it)."""
+    y = trained[2]
+
+    def lying(m: nn.Module, shape: tuple[int, ...]) -> Analysis:
+        analysis = analyse(m, shape)
+        real = analysis.margin_bounds(Norm.LINF)
+        i = int(y[0])
+        j = next(k for k in range(real.shape[1]) if k != i and real[i, k] < real.max())
+        shrunk = real.clone()
+        shrunk[i, j] = shrunk[j, i] = real[i, j] / 100
+        analysis.margin_bounds = lambda norm: shrunk  # type: ignore[method-assign]
+        return analysis
+
+    result = _audit(trained, Engines(analyse=lying), radius_method=None, attack_radius=False)
+    check = _check(result, "lipschitz-vs-gradients")
+    assert not check.holds and any("pair" in f for f in check.failures)
+    assert result.lipschitz is not None and result.lipschitz.contradictions() == []  # the maxima agree
+
+
+def test_a_stale_analysis_is_refused(trained: Any) -> None:
+    from lipaudit.errors import UsageError
+
+    model, x, y = trained
+    copy = nn.Sequential(*[m for m in model]).eval()  # the same layers: weights shared with the fixture
+    analysis = analyse(copy, (1, 8, 8))
+    with pytest.raises(UsageError, match="another model"):
+        run_audit(model, x, y, _config(), model_info={}, data_info={}, analysis=analysis)
+    with torch.no_grad():
+        copy[1].weight.add_(0.0)  # an in-place update, even of zero, bumps the version counter
+    with pytest.raises(UsageError, match="changed after the analysis"):
+        run_audit(copy, x, y, _config(), model_info={}, data_info={}, analysis=analysis)
+
+
+def test_the_report_leads_with_a_failed_cross_check(trained: Any) -> None:
+    from lipaudit.report.html import render_report
+
+    honest = render_report(_audit(trained, radius_method=None, attack_radius=False))
+    assert "independent cross-check" in honest and "A cross-check failed" not in honest
+    html = render_report(_audit(trained, Engines(certifier=_boasting)))
+    assert "A cross-check failed" in html and "soundness violation</span>" in html
+    assert "Cross-check certify-at-attack-radius failed" in html  # the verdict says it too

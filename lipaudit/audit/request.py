@@ -78,6 +78,12 @@ class AuditRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", Norm.parse(self.norm))
+        if isinstance(self.eps, (int, float)):
+            object.__setattr__(self, "eps", (float(self.eps),))
+        if isinstance(self.methods, str) and self.methods != "auto":
+            object.__setattr__(self, "methods", tuple(m for m in self.methods.split(",") if m.strip()))
+        if self.attack_targets < 1:
+            raise UsageError(f"Expected at least one APGD-T target class but got {self.attack_targets!r}")
         if self.methods != "auto":
             order = list(Method)
             object.__setattr__(self, "methods", tuple(sorted({Method.parse(m) for m in self.methods},

@@ -252,8 +252,10 @@ class AuditResult:
 
     @property
     def unsound(self) -> bool:
-        """Whether a cross-check proved a bound wrong: a certified sample attacked, or a failed :class:`CrossCheck`."""
-        return bool(self.soundness_violations) or any(not c.holds for c in self.crosschecks)
+        """Whether a cross-check proved a bound wrong: a certified sample attacked, a radius ordering broken (a lower
+        radius above an attack's), or a failed :class:`CrossCheck`."""
+        return (bool(self.soundness_violations) or bool(self.ordering_violations)
+                or any(not c.holds for c in self.crosschecks))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the documented schema)."""

@@ -111,7 +111,8 @@ class Certifier:
         self.computations = 0
         self._last_error = ""
         self._batches: dict[tuple[Method, str], int] = {}  # measured per method and mode: memory differs
-        self._single_s: dict[tuple[Method, str], float | None] = {}  # a warm one-sample run's seconds, until compared
+        self._trials: dict[tuple[Method, str], list[int]] = {}  # batch sizes still to time, per method and mode
+        self._timed: dict[tuple[Method, str], dict[int, float]] = {}  # seconds per sample, per batch size
         self._batch: int | None = None
         self.notes: list[str] = []
         if self.engine.patches_unsound:
@@ -169,8 +170,11 @@ class Certifier:
         ``eps`` is one radius for the batch or, for ℓ∞, a tensor with one radius per sample (per-sample boxes, one
         bound computation for the whole batch).
         """
-        if isinstance(eps, torch.Tensor) and eps.shape != (x.shape[0],):
-            raise UsageError(f"Expected one ε per sample, shape ({x.shape[0]},), but got {tuple(eps.shape)}")
+        if isinstance(eps, torch.Tensor):
+            if eps.shape != (x.shape[0],):
+                raise UsageError(f"Expected one ε per sample, shape ({x.shape[0]},), but got {tuple(eps.shape)}")
+            if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
+                raise UsageError("Expected finite per-sample ε ≥ 0 but got NaN, infinite or negative values")
         outcomes = [_Outcome() for _ in range(x.shape[0])]
         pending = list(range(x.shape[0]))
         attempts = self.attempts(method)
@@ -205,8 +209,9 @@ class Certifier:
             probing = self._batch is None
             base = _resources.rss_bytes() if probing and _resources.reset_peak_rss() else None
             size = self._batch or 1
-            if (method, mode) in self._single_s:  # measuring: one warm sample alone, then a batch of at most 8
-                size = 1 if self._single_s[(method, mode)] is None else min(size, 8)
+            trials = self._trials.get((method, mode))
+            if trials:  # measuring: one warm sample alone, a batch of at most 8, then the memory-sized batch
+                size = trials[0]
             chunk, rest = queue[:size], queue[size:]
             started = time.perf_counter()
             try:
@@ -214,6 +219,7 @@ class Certifier:
                                     method, mode)
             except _resources.Deadline as err:
                 self.engine.discard()
+                self._stop_timing(method, mode)  # the next run re-parses: its time would mislead
                 self._last_error = one_line(err, with_type=True)
                 if len(chunk) > 1:
                     self._batch = max(1, len(chunk) // 2)
@@ -226,6 +232,7 @@ class Certifier:
                 continue
             except LIRPA_ERRORS as err:
                 self.engine.discard()
+                self._stop_timing(method, mode)  # the next run re-parses: its time would mislead
                 self._last_error = one_line(err, with_type=True)
                 if _resources.is_out_of_memory(err) and len(chunk) > 1:
                     self._batch = max(1, len(chunk) // 2)
@@ -233,7 +240,8 @@ class Certifier:
                 if len(chunk) > 1 and not isinstance(err, UnsupportedLayerError):
                     # Some auto_LiRPA paths only fail for batches (per-channel constants in patches mode, α-CROWN
                     # with MaxPool): go on one sample at a time before giving the method up.
-                    self.notes.append(f"{method}[{mode}] raised for a batch ({self._last_error}); one sample at a time")
+                    self.fallbacks.append(f"{method}[{mode}] raised for a batch ({self._last_error}); one sample at "
+                                          "a time")
                     self._batch = 1
                     continue
                 for i in chunk:
@@ -247,12 +255,11 @@ class Certifier:
             if probing:
                 self._batch = self._sized_batch(base)
                 if self.options.batch_size is None and self._batch > 1:
-                    self._single_s[(method, mode)] = None  # time the next sample alone, once warm
-            elif (method, mode) in self._single_s:
-                if self._single_s[(method, mode)] is None:
-                    self._single_s[(method, mode)] = elapsed
-                elif len(chunk) > 1:
-                    self._choose_batch(method, mode, len(chunk), elapsed / len(chunk))
+                    self._trials[(method, mode)] = sorted({1, min(8, self._batch), self._batch})
+            elif trials and len(chunk) == trials[0]:
+                self._timed.setdefault((method, mode), {})[trials.pop(0)] = elapsed / len(chunk)
+                if not trials:
+                    self._choose_batch(method, mode)
             for i, margin in zip(chunk, margins.tolist(), strict=True):
                 o = outcomes[i]
                 o.margin = finite_or_none(margin)  # JSON has no inf / nan
@@ -266,13 +273,20 @@ class Certifier:
             self._batches[(method, mode)] = self._batch
         return failed
 
-    def _choose_batch(self, method: Method, mode: str, size: int, per_sample_s: float) -> None:
-        """Keep batches only when they are faster per sample than the one-sample probe (measured, once)."""
-        single = self._single_s.pop((method, mode))
-        if single is not None and per_sample_s >= single:
-            self._batch = 1
-            self.notes.append(f"{method}[{mode}]: one sample at a time (a batch of {size} took "
-                              f"{1000 * per_sample_s:.0f} ms per sample, one sample {1000 * single:.0f} ms)")
+    def _stop_timing(self, method: Method, mode: str) -> None:
+        self._trials.pop((method, mode), None)
+        self._timed.pop((method, mode), None)
+
+    def _choose_batch(self, method: Method, mode: str) -> None:
+        """The batch size of the smallest measured time per sample (the memory-sized batch unless a smaller one was
+        faster)."""
+        del self._trials[(method, mode)]
+        timed = self._timed.pop((method, mode))
+        best = min(timed, key=lambda size: (timed[size], -size))
+        if self._batch is not None and best < self._batch:
+            per = ", ".join(f"{size}: {1000 * t:.0f} ms" for size, t in sorted(timed.items()))
+            self.fallbacks.append(f"{method}[{mode}]: batches of {best}, the fastest per sample measured ({per})")
+        self._batch = best
 
     def certify(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: Method | str,
                 progress: Progress | None = None) -> CertifyResult:

@@ -13,7 +13,7 @@ from lipaudit.cli._options import ATTACK_STEPS, EPS_LIST, METHODS, NORM, model_o
 from lipaudit.errors import ModelEvaluationError
 from lipaudit.types import Method, Norm
 
-__all__ = ["check", "eps_arg", "exit_code_for", "require_measured", "summary_lines"]
+__all__ = ["check", "exit_code_for", "require_measured", "summary_lines"]
 
 EXIT_SOUNDNESS, EXIT_BELOW_BAR, EXIT_PARTIAL, EXIT_INTERRUPTED = 3, 4, 5, 130
 
@@ -142,16 +142,6 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: tuple[float, 
     code = exit_code_for(result, fail_under_certified, fail_under_robust)
     if code:
         sys.exit(code)
-
-
-def eps_arg(eps: tuple[float, ...]) -> str:
-    """``--eps`` text that parses back to exactly ``eps`` (shortest round-tripping decimals).
-
-    Example:
-        >>> eps_arg((2 / 255, 0.1))
-        '0.00784313725490196,0.1'
-    """
-    return ",".join(repr(float(e)) for e in eps)
 
 
 def summary_lines(result: Any) -> list[str]:

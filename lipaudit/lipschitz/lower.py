@@ -20,6 +20,7 @@ __all__ = [
     "gradient_lower_bounds",
     "logit_margins",
     "margin_lower",
+    "pair_gradient_norms",
 ]
 
 
@@ -65,7 +66,7 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def gradient_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, *, directions: int = 4,
-                  chunk: int = 64) -> tuple[float, float]:
+                          chunk: int = 64) -> tuple[float, float]:
     """(lower bound on L(f) in ℓp→ℓp, lower bound on max_j L(f_y − f_j)) from gradients and finite differences.
 
     Points are processed ``chunk`` at a time (the Jacobians take N·K·d numbers). Finite differences use
@@ -107,6 +108,31 @@ def gradient_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, no
                 md = logit_margins(f1, ys) - logit_margins(logits, ys)
                 margin_low = max(margin_low, float((md.abs().amax(1)[ok] / dn[ok]).max()))
     return net_low, margin_low
+
+
+def pair_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, *,
+                        chunk: int = 64) -> torch.Tensor:
+    """(N, K) dual norms ‖∇(f_y − f_j)(x)‖_q of the margin gradients: each is a slope the margin attains, so a
+    lower bound on the Lipschitz constant of ``f_y − f_j`` under the ℓp input norm (0 at ``j = y``).
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
+        >>> with torch.no_grad():
+        ...     _ = net[1].weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, 0.0]]))
+        >>> pair_gradient_norms(net, torch.zeros(1, 2), torch.tensor([0]), Norm.LINF).tolist()  # ‖(2, 2)‖_1
+        [[0.0, 4.0]]
+    """
+    _check_xy(x, y)
+    out = []
+    for start in range(0, x.shape[0], chunk):
+        xs, ys = x[start : start + chunk], y[start : start + chunk]
+        with torch.no_grad():
+            k = model(xs[:1]).shape[1]
+        jac = _input_grads(model, xs, k)  # (n, K, d)
+        n = xs.shape[0]
+        grads = jac[torch.arange(n), ys.to(jac.device)][:, None, :] - jac
+        out.append(torch.linalg.vector_norm(grads.double(), ord=norm.dual.p, dim=2).cpu())
+    return torch.cat(out)
 
 
 def empirical_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm | str | float) -> float:

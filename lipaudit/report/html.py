@@ -86,6 +86,10 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
     n = int(tm["n"])
     norm = _NORM_LABEL.get(str(tm["norm"]), str(tm["norm"]))
     lines: list[str] = []
+    for check in result.get("crosschecks") or []:
+        if not check.get("holds"):
+            lines.append(f"<strong>Cross-check {esc(check.get('name'))} failed: a bound of this audit is wrong, so "
+                         "its certified figures are not trustworthy.</strong>")
     if result.get("soundness_violations"):
         lines.append(f"<strong>A certificate was broken by an attack on {len(result['soundness_violations'])} "
                      "sample(s): the certification numbers below are not trustworthy.</strong>")
@@ -115,7 +119,11 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
                if worst is not None and certified else "")
         lines.append(f"At {norm} ε = {fmt(row['eps'])}: {cert}; {emp}{gap}.")
     lip = result.get("lipschitz") or {}
-    if lip.get("upper_graph") is not None and lip.get("empirical_lower") is not None:
+    if lip.get("upper_graph") is not None and lip.get("empirical_lower") is not None and \
+            float(lip["empirical_lower"]) > float(lip["upper_graph"]) * (1 + 1e-3):
+        lines.append(f"<strong>Lipschitz constant ({norm}): the gradients attain {fmt(lip['empirical_lower'])}, above "
+                     f"the certified upper bound {fmt(lip['upper_graph'])}: the upper bound is wrong.</strong>")
+    elif lip.get("upper_graph") is not None and lip.get("empirical_lower") is not None:
         lines.append(
             f"Lipschitz constant ({norm}): at most <strong>{fmt(lip['upper_graph'])}</strong> by the layer norms, at "
             f"least <strong>{fmt(lip['empirical_lower'])}</strong> by gradients — a gap of "
@@ -241,6 +249,7 @@ def render_report(result: AuditResult | Mapping[str, Any]) -> str:
         radius_methods=radius_methods, budget=_budget_text(r.get("attacks") or {}),
         normalization=_normalization_text(r["model"]),
         radius_skipped=bool(((r.get("attacks") or {}).get("plan") or {}).get("radius_skipped")),
+        failed_checks=[c for c in r.get("crosschecks") or [] if not c.get("holds")],
     )
 
 
