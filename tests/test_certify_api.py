@@ -287,3 +287,28 @@ def test_deadline_interrupts_and_gives_back_an_outer_timer() -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_batch_timing_stops_when_a_larger_batch_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory-sized batch is not timed when a batch of 8 was already slower per sample than one sample."""
+    from lipaudit.certify import _resources
+
+    model, x, y = _model_and_data(20)
+    gib = 2**30
+    monkeypatch.setattr(_resources, "reset_peak_rss", lambda: True)
+    monkeypatch.setattr(_resources, "rss_bytes", lambda: 1 * gib)
+    monkeypatch.setattr(_resources, "peak_rss_bytes", lambda: int(1.5 * gib))  # 16 samples fit 9 GiB
+    cert = Certifier(model, x, "inf", CertifyOptions(memory_budget_gb=9.0))
+    calls: list[int] = []
+    real = cert.engine.bounds
+
+    def bounds(xb: torch.Tensor, *args: Any) -> Any:
+        calls.append(xb.shape[0])
+        return real(xb, *args)
+
+    cert.engine.bounds = bounds  # type: ignore[method-assign,assignment]
+    timings = iter([0.0, 0.0, 0.1, 1.0, 1.1, 2.0, 3.6])  # one sample 0.1 s; a batch of 8: 0.2 s per sample
+    monkeypatch.setattr("lipaudit.certify.driver.time.perf_counter", lambda: next(timings, 9.0))
+    result = cert.certify(x, y, 0.01, "CROWN")
+    assert calls == [1, 1, 8] + [1] * 10 and result.batch_size == 1
+    assert any("batches of 1" in f for f in result.fallbacks)

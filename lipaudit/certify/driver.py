@@ -195,9 +195,10 @@ class Certifier:
     ) -> list[int]:
         """Run one (method, mode) on the samples ``todo``; return those it failed on.
 
-        Without a fixed batch size the first sample runs alone: its peak memory sizes the batches, and its time is
-        compared with the first batch's time per sample; when batching is not faster (CROWN in patches mode on a CPU
-        often is not: a batch of 64 costs 2.5× per sample on a small CNN), the rest runs one sample at a time.
+        Without a fixed batch size the first sample runs alone and its peak memory sizes the batches; then one warm
+        sample, a batch of at most 8 and the memory-sized batch are timed, in that order and only while each is
+        faster per sample than the last, and the fastest is kept (CROWN in patches mode on a CPU is often fastest
+        alone: a batch of 64 costs 2.5× per sample on a small CNN).
         """
         failed: list[int] = []
         queue = list(todo)
@@ -257,7 +258,11 @@ class Certifier:
                 if self.options.batch_size is None and self._batch > 1:
                     self._trials[(method, mode)] = sorted({1, min(8, self._batch), self._batch})
             elif trials and len(chunk) == trials[0]:
-                self._timed.setdefault((method, mode), {})[trials.pop(0)] = elapsed / len(chunk)
+                timed = self._timed.setdefault((method, mode), {})
+                timed[trials.pop(0)] = elapsed / len(chunk)
+                sizes = sorted(timed)
+                if len(sizes) > 1 and timed[sizes[-1]] >= timed[sizes[-2]]:
+                    trials.clear()  # larger batches stopped paying: no need to time the next, larger one
                 if not trials:
                     self._choose_batch(method, mode)
             for i, margin in zip(chunk, margins.tolist(), strict=True):
