@@ -376,6 +376,10 @@ def run_audit(
 
     Returns:
         The result, status partial when interrupted or when a stage failed.
+
+    Raises:
+        UsageError: ``analysis`` is of another model, input shape or state of the weights.
+        NonFiniteWeightError, ModelEvaluationError: see :func:`preflight`.
     """
     progress = progress or NullProgress()
     engines = engines or Engines()
