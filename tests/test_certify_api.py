@@ -312,3 +312,18 @@ def test_batch_timing_stops_when_a_larger_batch_is_slower(monkeypatch: pytest.Mo
     result = cert.certify(x, y, 0.01, "CROWN")
     assert calls == [1, 1, 8] + [1] * 10 and result.batch_size == 1
     assert any("batches of 1" in f for f in result.fallbacks)
+
+
+@pytest.mark.parametrize("method", [Method.IBP, Method.CROWN])
+def test_per_sample_linf_boxes_equal_one_sample_at_a_time(method: Method) -> None:
+    """One batched bound with a radius per sample gives each sample the margin it gets alone at its own ε."""
+    model, x, y = _model_and_data(6)
+    eps = torch.tensor([0.0, 0.001, 0.01, 0.02, 0.05, 0.3])
+    cert = Certifier(model, x, "inf", CertifyOptions(batch_size=6))
+    batched = cert.certify_batch(x, y, eps, method)
+    alone = [cert.certify_batch(x[i:i + 1], y[i:i + 1], float(eps[i]) or 1e-12, method)[0] for i in range(6)]
+    for b, a in zip(batched, alone, strict=True):
+        assert b.margin is not None and a.margin is not None
+        assert b.margin == pytest.approx(a.margin, rel=1e-4, abs=1e-5) and b.status == a.status
+    with pytest.raises(UsageError, match="finite per-sample"):
+        cert.certify_batch(x, y, torch.tensor([0.1, -0.1, 0.1, 0.1, 0.1, 0.1]), method)
