@@ -199,15 +199,16 @@ def test_train_mode_model_with_dropout_is_certified_as_in_eval_and_left_untouche
     assert result.margin_lower == reference.margin_lower
 
 
-def test_batch_size_follows_the_measured_peak_memory_and_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+def _measured_certifier(monkeypatch: pytest.MonkeyPatch, model: nn.Module, x: torch.Tensor,
+                        budget_gb: float) -> tuple[Certifier, list[int]]:
+    """A certifier whose one-sample probe measures 0.5 GiB above a 1 GiB base, and the batch sizes it bounds."""
     from lipaudit.certify import _resources
 
-    model, x, y = _model_and_data(8)
     gib = 2**30
     monkeypatch.setattr(_resources, "reset_peak_rss", lambda: True)
     monkeypatch.setattr(_resources, "rss_bytes", lambda: 1 * gib)
-    monkeypatch.setattr(_resources, "peak_rss_bytes", lambda: int(1.5 * gib))  # one sample costs 0.5 GiB
-    cert = Certifier(model, x, "inf", CertifyOptions(memory_budget_gb=2.25))
+    monkeypatch.setattr(_resources, "peak_rss_bytes", lambda: int(1.5 * gib))
+    cert = Certifier(model, x, "inf", CertifyOptions(memory_budget_gb=budget_gb))
     calls: list[int] = []
     real = cert.engine.bounds
 
@@ -216,6 +217,13 @@ def test_batch_size_follows_the_measured_peak_memory_and_the_budget(monkeypatch:
         return real(xb, *args)
 
     cert.engine.bounds = bounds  # type: ignore[method-assign,assignment]
+    return cert, calls
+
+
+def test_batch_size_follows_the_measured_peak_memory_and_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+
+    model, x, y = _model_and_data(8)
+    cert, calls = _measured_certifier(monkeypatch, model, x, 2.25)  # one sample costs 0.5 GiB
     timings = iter([0.0, 0.1, 1.0, 1.1, 2.0, 2.1, 3.0, 3.3])  # per sample: 1 → 0.1 s, 2 → 0.05 s (then 0.15 s)
     monkeypatch.setattr("lipaudit.certify.driver.time.perf_counter", lambda: next(timings, 9.0))
     result = cert.certify(x, y, 0.01, "CROWN")
@@ -291,22 +299,9 @@ def test_deadline_interrupts_and_gives_back_an_outer_timer() -> None:
 
 def test_batch_timing_stops_when_a_larger_batch_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
     """The memory-sized batch is not timed when a batch of 8 was already slower per sample than one sample."""
-    from lipaudit.certify import _resources
 
     model, x, y = _model_and_data(20)
-    gib = 2**30
-    monkeypatch.setattr(_resources, "reset_peak_rss", lambda: True)
-    monkeypatch.setattr(_resources, "rss_bytes", lambda: 1 * gib)
-    monkeypatch.setattr(_resources, "peak_rss_bytes", lambda: int(1.5 * gib))  # 16 samples fit 9 GiB
-    cert = Certifier(model, x, "inf", CertifyOptions(memory_budget_gb=9.0))
-    calls: list[int] = []
-    real = cert.engine.bounds
-
-    def bounds(xb: torch.Tensor, *args: Any) -> Any:
-        calls.append(xb.shape[0])
-        return real(xb, *args)
-
-    cert.engine.bounds = bounds  # type: ignore[method-assign,assignment]
+    cert, calls = _measured_certifier(monkeypatch, model, x, 9.0)  # 16 samples fit 9 GiB
     timings = iter([0.0, 0.0, 0.1, 1.0, 1.1, 2.0, 3.6])  # one sample 0.1 s; a batch of 8: 0.2 s per sample
     monkeypatch.setattr("lipaudit.certify.driver.time.perf_counter", lambda: next(timings, 9.0))
     result = cert.certify(x, y, 0.01, "CROWN")
