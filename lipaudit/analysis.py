@@ -28,7 +28,7 @@ from lipaudit._modes import eval_mode
 from lipaudit.errors import LipauditError, UnsupportedLayerError, UsageError, check_shape
 from lipaudit.graph import Graph, NodeKind, trace
 from lipaudit.lipschitz.upper import LipschitzReport, lipschitz_report, margin_lipschitz
-from lipaudit.norms.network import LayerNorm, layer_norms
+from lipaudit.norms.network import LayerNorm, hooked_layer_norms, layer_norms, weights_state
 from lipaudit.ops import OpKind, supported_types
 from lipaudit.types import Norm
 
@@ -84,7 +84,7 @@ class Analysis:
             raise UsageError("The analysis given to the audit is of another model object: analyse this model")
         if tuple(input_shape) != self.input_shape:
             raise UsageError(f"The analysis is for inputs of shape {self.input_shape}, not {tuple(input_shape)}")
-        if _fingerprint(model) != self._state:
+        if weights_state(model) != self._state:
             raise UsageError("The model's weights or buffers changed after the analysis: analyse it again")
 
     def _graph(self) -> Graph:
@@ -126,20 +126,15 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> Analysis:
         try:
             if graph is not None:
                 layers = tuple(layer_norms(model, shape, graph=graph, dtype=torch.float64))
-            else:
-                layers = tuple(layer_norms(model, shape, dtype=torch.float64))
+            else:  # the trace failed once already: the hooks alone
+                layers = tuple(hooked_layer_norms(model, shape, dtype=torch.float64))
+                layers_error = None if layers else trace_error
         except (LipauditError, RuntimeError, ValueError, TypeError) as err:  # the norms stage reports it
             layers_error = err
-        analysis = Analysis(model, shape, graph, trace_error, layers, layers_error, _state=_fingerprint(model))
+        analysis = Analysis(model, shape, graph, trace_error, layers, layers_error, _state=weights_state(model))
         if graph is not None:
             _seed(analysis._cache, graph, layers)
     return analysis
-
-
-def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
-    """Every parameter's and buffer's storage, shape and version counter (an in-place update bumps the version)."""
-    return tuple((name, t.data_ptr(), t._version, tuple(t.shape))
-                 for name, t in (*model.named_parameters(), *model.named_buffers()))
 
 
 def _seed(cache: dict[tuple[Any, ...], Any], graph: Graph, layers: Sequence[LayerNorm]) -> None:

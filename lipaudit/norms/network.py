@@ -101,7 +101,9 @@ _SPECTRAL_CACHE: dict[tuple[Any, ...], tuple[weakref.ref[nn.Module], SpectralBra
 _CACHE_LIMIT = 4096
 
 
-def _state(module: nn.Module) -> tuple[Any, ...]:
+def weights_state(module: nn.Module) -> tuple[Any, ...]:
+    """Every parameter's and buffer's name, storage, version counter, shape and dtype: equal exactly while no tensor
+    of ``module`` was replaced or updated in place (an in-place update bumps the version)."""
     return tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype)
                  for name, t in (*module.named_parameters(), *module.named_buffers()))
 
@@ -110,7 +112,7 @@ def _spectral(rule: Any, module: nn.Module, shape: tuple[int, ...], name: str, e
               tol: float) -> SpectralBracket:
     """``rule.spectral`` memoised per module state (the ℓ2 bracket is the expensive part of every norm table, and
     the norm table, the Lipschitz bounds and the report all ask for the same layers)."""
-    key = (id(module), shape, tol, _state(module))
+    key = (id(module), shape, tol, weights_state(module))
     hit = _SPECTRAL_CACHE.get(key)
     if hit is not None and hit[0]() is module:
         return hit[1]
@@ -207,10 +209,10 @@ def layer_norms(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dt
         try:
             graph = trace(model, input_shape)
         except UnsupportedLayerError:  # the graph cannot be traced: every linear layer still gets its row
-            found = _leaf_layers(model, input_shape)
-            if not found:  # nothing the hooks could see either (a TorchScript archive): the trace's reason stands
+            rows = hooked_layer_norms(model, input_shape, dtype=dtype, tol=tol)
+            if not rows:  # nothing the hooks could see either (a TorchScript archive): the trace's reason stands
                 raise
-            return _rows(found, dtype, tol)
+            return rows
     return _rows([(node.name, node.module, node.input_shape, node.output_shape) for node in graph.modules()
                   if node.kind == NodeKind.MODULE and node.module is not None], dtype, tol)
 
@@ -224,6 +226,13 @@ def _rows(found: Sequence[tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]
             continue  # activations and max pooling: their Lipschitz constants live in lipaudit.lipschitz.upper
         rows.append(layer_norm(module, in_shape, name=name, output_shape=out_shape, dtype=dtype, tol=tol))
     return rows
+
+
+def hooked_layer_norms(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype | None = None,
+                       tol: float = DEFAULT_TOL) -> list[LayerNorm]:
+    """:class:`LayerNorm` of every call of a layer with a norm rule, in call order, seen by forward hooks: the norm
+    table of a model the graph cannot trace (empty when the hooks see no such layer, e.g. a TorchScript archive)."""
+    return _rows(_leaf_layers(model, input_shape), dtype, tol)
 
 
 def _leaf_layers(model: nn.Module, input_shape: Sequence[int]
