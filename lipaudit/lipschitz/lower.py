@@ -8,6 +8,7 @@ f_y − f_j. Compared with the upper bounds of :mod:`lipaudit.lipschitz.upper`, 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -16,11 +17,11 @@ from lipaudit.errors import UsageError
 from lipaudit.types import Norm
 
 __all__ = [
+    "GradientBounds",
     "empirical_lipschitz",
     "gradient_lower_bounds",
     "logit_margins",
     "margin_lower",
-    "pair_gradient_norms",
 ]
 
 
@@ -65,9 +66,31 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
         raise UsageError(f"Expected x (N, ...) with N ≥ 1 and y (N,) but got {tuple(x.shape)}, {tuple(y.shape)}")
 
 
+class GradientBounds(NamedTuple):
+    """Lower bounds on Lipschitz constants, read off the model at given points.
+
+    Attributes:
+        network: a lower bound on L(f) in ℓp→ℓp.
+        margin: a lower bound on max over samples and j of L(f_y − f_j).
+        pair_slopes: (N, K) float64 dual norms ‖∇(f_y − f_j)(x)‖_q per sample and class (0 at j = y): slopes each
+            margin attains, so lower bounds on the Lipschitz constant of each ``f_y − f_j``.
+    """
+
+    network: float
+    margin: float
+    pair_slopes: torch.Tensor
+
+
 def gradient_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, *, directions: int = 4,
-                          chunk: int = 64) -> tuple[float, float]:
-    """(lower bound on L(f) in ℓp→ℓp, lower bound on max_j L(f_y − f_j)) from gradients and finite differences.
+                          chunk: int = 64) -> GradientBounds:
+    """Lower bounds on L(f) and on the margins' Lipschitz constants from gradients and finite differences.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
+        >>> with torch.no_grad():
+        ...     _ = net[1].weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, 0.0]]))
+        >>> gradient_lower_bounds(net, torch.zeros(1, 2), torch.tensor([0]), Norm.LINF).pair_slopes.tolist()
+        [[0.0, 4.0]]
 
     Points are processed ``chunk`` at a time (the Jacobians take N·K·d numbers). Finite differences use
     ‖δ‖_p = 1e-3 in float64 and 1e-2 otherwise, so that rounding of the logits stays far below the ratio.
@@ -77,6 +100,7 @@ def gradient_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, no
     step = 1e-3 if x.dtype == torch.float64 else 1e-2
     q = norm.dual.p
     net_low = margin_low = 0.0
+    slopes: list[torch.Tensor] = []
     for start in range(0, x.shape[0], chunk):
         xs, ys = x[start : start + chunk], y[start : start + chunk]
         with torch.no_grad():
@@ -86,6 +110,7 @@ def gradient_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, no
         n = xs.shape[0]
         margin_grads = jac[torch.arange(n), ys][:, None, :] - jac  # (n, K, d): ∇(f_y − f_j)
         pair_norms = torch.linalg.vector_norm(margin_grads, ord=q, dim=2)
+        slopes.append(pair_norms.double().cpu())
         margin_low = max(margin_low, float(pair_norms.max()))
         # ‖∇(f_i − f_j)‖_q ≤ ‖e_i − e_j‖_q · L(f)
         net_low = max(net_low, float(_jacobian_norm(jac, norm).max()),
@@ -107,41 +132,16 @@ def gradient_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, no
                 net_low = max(net_low, float(ratio.max()))
                 md = logit_margins(f1, ys) - logit_margins(logits, ys)
                 margin_low = max(margin_low, float((md.abs().amax(1)[ok] / dn[ok]).max()))
-    return net_low, margin_low
-
-
-def pair_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, *,
-                        chunk: int = 64) -> torch.Tensor:
-    """(N, K) dual norms ‖∇(f_y − f_j)(x)‖_q of the margin gradients: each is a slope the margin attains, so a
-    lower bound on the Lipschitz constant of ``f_y − f_j`` under the ℓp input norm (0 at ``j = y``).
-
-    Example:
-        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
-        >>> with torch.no_grad():
-        ...     _ = net[1].weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, 0.0]]))
-        >>> pair_gradient_norms(net, torch.zeros(1, 2), torch.tensor([0]), Norm.LINF).tolist()  # ‖(2, 2)‖_1
-        [[0.0, 4.0]]
-    """
-    _check_xy(x, y)
-    out = []
-    for start in range(0, x.shape[0], chunk):
-        xs, ys = x[start : start + chunk], y[start : start + chunk]
-        with torch.no_grad():
-            k = model(xs[:1]).shape[1]
-        jac = _input_grads(model, xs, k)  # (n, K, d)
-        n = xs.shape[0]
-        grads = jac[torch.arange(n), ys.to(jac.device)][:, None, :] - jac
-        out.append(torch.linalg.vector_norm(grads.double(), ord=norm.dual.p, dim=2).cpu())
-    return torch.cat(out)
+    return GradientBounds(net_low, margin_low, torch.cat(slopes))
 
 
 def empirical_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm | str | float) -> float:
     """A lower bound on the ℓp→ℓp Lipschitz constant of ``model``: the largest Jacobian norm ‖J(x)‖_{p→p} at the
     given points, and finite-difference ratios ‖f(x+δ) − f(x)‖_p / ‖δ‖_p along margin-gradient and random
     directions (‖δ‖_p = 1e-3 in float64, 1e-2 otherwise)."""
-    return gradient_lower_bounds(model, x, y, Norm.parse(norm))[0]
+    return gradient_lower_bounds(model, x, y, Norm.parse(norm)).network
 
 
 def margin_lower(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm | str | float) -> float:
     """A lower bound on max_j L(f_y − f_j): the largest ‖∇(f_y − f_j)(x)‖_q and finite-difference ratios."""
-    return gradient_lower_bounds(model, x, y, Norm.parse(norm))[1]
+    return gradient_lower_bounds(model, x, y, Norm.parse(norm)).margin

@@ -392,6 +392,8 @@ class LipschitzReport:
         looseness: upper_graph / empirical_lower (None without points).
         margin_lower: lower bound on max_{y,j} L(f_y − f_j) at the given points (None without points).
         margin_looseness: margin_upper / margin_lower (None without points).
+        pair_slopes: (N, K) ‖∇(f_y − f_j)(x)‖_q at the given points (:class:`~lipaudit.lipschitz.lower.GradientBounds`),
+            for the audit's per-pair cross-check; not part of the JSON.
         factors: (name, kind, factor, how) per graph node carrying a module.
         status: ``"bounded"``; ``"unbounded"`` when a node has no global Lipschitz bound (a product of activations,
             LayerNorm, ...), ``"unavailable"`` when a node has no rule; then every upper bound is ``None`` and
@@ -411,9 +413,10 @@ class LipschitzReport:
     reason: str = ""
     node: str | None = None
     op: str | None = None
+    pair_slopes: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values (norm as ``"1"``, ``"2"`` or ``"inf"``)."""
+        """JSON-ready values (norm as ``"1"``, ``"2"`` or ``"inf"``; ``pair_slopes`` is not part of the JSON)."""
         num = finite_or_none
         return {
             "norm": str(self.norm), "upper_product": num(self.upper_product), "upper_graph": num(self.upper_graph),
@@ -472,20 +475,18 @@ def lipschitz_report(model: nn.Module, input_shape: Any, norm: Norm | str | floa
     try:
         _check_bounded(graph)
     except _NoBound as err:
-        lower = m_lower = None
-        if x is not None and y is not None:
-            lower, m_lower = gradient_lower_bounds(model, x, y, norm)
+        low = gradient_lower_bounds(model, x, y, norm) if x is not None and y is not None else None
         status = LipschitzStatus.UNBOUNDED if isinstance(err, UnboundedNetwork) else LipschitzStatus.UNAVAILABLE
-        return LipschitzReport(norm, None, None, None, lower, None, m_lower, None, (), status, str(err), err.node,
-                               err.op)
+        return LipschitzReport(norm, None, None, None, low and low.network, None, low and low.margin, None, (), status,
+                               str(err), err.node, err.op, None if low is None else low.pair_slopes)
     upper_product = _upper(graph, norm, False, cache)
     factors = layer_factors(graph, norm, fold=True, cache=cache)
     upper = _compose(graph, {f.name: f.value for f in factors}, norm)[graph.nodes[-1].name]
     margin_up = float(_margin_matrix(graph, norm, cache).max())
-    lower = m_lower = loose = m_loose = None
+    lower = m_lower = loose = m_loose = slopes = None
     if x is not None and y is not None:
-        lower, m_lower = gradient_lower_bounds(model, x, y, norm)
+        lower, m_lower, slopes = gradient_lower_bounds(model, x, y, norm)
         loose = upper / lower if lower > 0 else None
         m_loose = margin_up / m_lower if m_lower > 0 else None
     return LipschitzReport(norm, upper_product, min(upper, upper_product), margin_up, lower, loose, m_lower, m_loose,
-                           tuple((f.name, f.kind, f.value, f.how) for f in factors))
+                           tuple((f.name, f.kind, f.value, f.how) for f in factors), pair_slopes=slopes)
