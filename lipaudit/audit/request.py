@@ -13,14 +13,16 @@ Example:
 
 from __future__ import annotations
 
-import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lipaudit.errors import ModelEvaluationError, ShapeError, UsageError, one_line
 from lipaudit.types import Method, Norm
+
+if TYPE_CHECKING:
+    from lipaudit.audit.run import AuditConfig
 
 __all__ = ["DEFAULT_EPS", "AuditRequest", "audit_file", "model_info"]
 
@@ -82,22 +84,32 @@ class AuditRequest:
             object.__setattr__(self, "eps", (float(self.eps),))
         if isinstance(self.methods, str) and self.methods != "auto":
             object.__setattr__(self, "methods", tuple(m for m in self.methods.split(",") if m.strip()))
-        if self.attack_targets < 1:
-            raise UsageError(f"Expected at least one APGD-T target class but got {self.attack_targets!r}")
         if self.methods != "auto":
             order = list(Method)
             object.__setattr__(self, "methods", tuple(sorted({Method.parse(m) for m in self.methods},
                                                              key=order.index)))
         if self.n < 1:
             raise UsageError(f"Expected at least one sample (n ≥ 1) but got {self.n!r}")
-        for name in ("memory_budget_gb", "time_budget_s", "attack_budget_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise UsageError(f"Expected a positive {name} but got {value!r}")
-        if (self.mean is None) != (self.std is None):
-            raise UsageError("Expected both mean and std (per-channel input normalisation) or neither")
-        if self.complete_budget_s is not None and self.norm is not Norm.LINF:
-            raise UsageError(f"Branch and bound verifies ℓ∞ boxes, not the ℓ{self.norm} norm: use --norm inf")
+        self.config()  # the audit's own checks of ε, budgets and branch and bound, before any model is loaded
+
+    def config(self) -> AuditConfig:
+        """The :class:`~lipaudit.audit.run.AuditConfig` this request runs (radii by the strongest method chosen).
+
+        Raises:
+            UsageError: a bad ε, budget or target count, or branch and bound with another norm than ℓ∞.
+        """
+        from lipaudit.audit.run import AuditConfig
+
+        radius_method: Method | Literal["auto"] | None
+        if self.methods == "auto":
+            radius_method = "auto" if self.radius else None
+        else:
+            radius_method = self.methods[-1] if self.radius and self.methods else None
+        return AuditConfig(norm=self.norm, eps=self.config_eps, methods=self.methods, radius_method=radius_method,
+                           attack_radius=self.radius, attack_steps=self.attack_steps,
+                           attack_targets=self.attack_targets, attack_budget_s=self.attack_budget_s, seed=self.seed,
+                           memory_budget_gb=self.memory_budget_gb, time_budget_s=self.time_budget_s,
+                           complete_budget_s=self.complete_budget_s)
 
     @property
     def config_eps(self) -> tuple[float, ...]:
@@ -163,12 +175,10 @@ def audit_file(request: AuditRequest, *, command: str = "", progress: Any = None
     """
     import torch
 
-    from lipaudit.audit.run import AuditConfig, run_audit
+    from lipaudit.audit.run import run_audit
     from lipaudit.io.data import load_data
     from lipaudit.io.load import load_model
 
-    if request.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("Expected a CUDA device for --device cuda but torch.cuda.is_available() is False")
     torch.manual_seed(request.seed)
     loaded = load_model(request.model, arch=request.arch, unsafe_pickle=request.unsafe_pickle, mean=request.mean,
                         std=request.std, device=request.device)
@@ -176,16 +186,7 @@ def audit_file(request: AuditRequest, *, command: str = "", progress: Any = None
     x, y = dataset.x.to(request.device), dataset.y.to(request.device)
     input_shape = tuple(int(s) for s in x.shape[1:])
     num_classes = _num_classes(loaded.module, x, y, input_shape)
-    radius_method: Method | Literal["auto"] | None
-    if request.methods == "auto":
-        radius_method = "auto" if request.radius else None
-    else:
-        radius_method = request.methods[-1] if request.radius and request.methods else None
-    config = AuditConfig(norm=request.norm, eps=request.config_eps, methods=request.methods,
-                         radius_method=radius_method, attack_radius=request.radius, attack_steps=request.attack_steps,
-                         attack_targets=request.attack_targets, attack_budget_s=request.attack_budget_s,
-                         seed=request.seed, memory_budget_gb=request.memory_budget_gb,
-                         time_budget_s=request.time_budget_s, complete_budget_s=request.complete_budget_s)
+    config = request.config()
     return run_audit(loaded.module, x, y, config, model_info=model_info(loaded, input_shape, num_classes),
                      data_info={"data": dataset.name, "split": request.split, "seed": request.seed},
                      command=command, progress=progress)

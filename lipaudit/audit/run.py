@@ -113,8 +113,13 @@ class AuditConfig:
                 raise UsageError(f"Expected every ε in (0, 1] but got {e!r}")
         if self.attack_steps is not None and self.attack_steps < 2:
             raise UsageError(f"Expected at least 2 attack steps but got {self.attack_steps!r}")
-        if not (math.isfinite(self.attack_budget_s) and self.attack_budget_s > 0):
-            raise UsageError(f"Expected a positive attack budget but got {self.attack_budget_s!r}")
+        for name in ("attack_budget_s", "memory_budget_gb", "time_budget_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"Expected a positive {name.removesuffix('_s').removesuffix('_gb').replace('_', ' ')}"
+                                 f" but got {value!r}")
+        if self.attack_targets < 1:
+            raise UsageError(f"Expected at least one APGD-T target class but got {self.attack_targets!r}")
         if self.complete_budget_s is not None:
             if not (math.isfinite(self.complete_budget_s) and self.complete_budget_s > 0):
                 raise UsageError(f"Expected a positive branch-and-bound budget but got {self.complete_budget_s!r}")

@@ -182,11 +182,6 @@ def load_from_options(path: str, arch: str | None, unsafe_pickle: bool, mean: tu
     """Load the model named on the command line (see :func:`lipaudit.io.load.load_model`)."""
     from lipaudit.io.load import load_model
 
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("Expected a CUDA device for --device cuda but torch.cuda.is_available() is False")
     return load_model(path, arch=arch, unsafe_pickle=unsafe_pickle, mean=mean, std=std, device=device)
 
 

@@ -375,12 +375,14 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, unsafe_
     Raises:
         ModelLoadError: missing or corrupt file, unknown arch, failing factory, keys that do not match.
         UnsafePickleError: the file is a pickle and ``unsafe_pickle`` is False (nothing from it was executed).
-        UsageError: malformed ``arch``, ``mean`` or ``std``.
+        UsageError: malformed ``arch``, ``mean`` or ``std``; a CUDA device without CUDA.
     """
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"Model file not found: {str(path)!r}")
     dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"Expected a CUDA device for --device {device} but torch.cuda.is_available() is False")
     digest = _sha256(p)
     kind = _sniff(p)
     used_arch = arch
