@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,84 @@ def test_train_then_check_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
                          "--no-radius", "--no-progress", "-o", str(html), "--json", str(js)], capsys)
     assert code == 0, err
     assert html.is_file() and "tiny_cnn" in js.read_text()
+
+
+def test_holdout_split_is_disjoint_stratified_and_seeded(digits: tuple[Dataset, Dataset]) -> None:
+    from lipaudit.train.loop import holdout_split
+
+    train, _ = digits
+    fit, held = holdout_split(train, 0.25, seed=3)
+    assert held is not None and len(fit) + len(held) == len(train) and len(held) == 30
+    rows = {tuple(r.flatten().tolist()) for r in train.x}
+    assert len(rows) == len(train)  # every image distinct, so the parts can be compared by content
+    fit_rows = {tuple(r.flatten().tolist()) for r in fit.x}
+    held_rows = {tuple(r.flatten().tolist()) for r in held.x}
+    assert not fit_rows & held_rows and fit_rows | held_rows == rows
+    assert np.ptp(np.bincount(held.y.numpy(), minlength=10)) <= 1
+    again, _ = holdout_split(train, 0.25, seed=3)
+    assert torch.equal(again.x, fit.x)
+    other, _ = holdout_split(train, 0.25, seed=4)
+    assert not torch.equal(other.x, fit.x)
+
+
+def test_the_held_out_best_epoch_is_kept_and_patience_stops(digits: tuple[Dataset, Dataset]) -> None:
+    from lipaudit.train.loop import accuracy, holdout_split
+
+    train, test = digits
+    torch.manual_seed(0)
+    model = tiny_cnn(1, 8, 10)
+    config = TrainConfig(epochs=12, batch_size=16, lr=0.3, val_fraction=0.25, patience=2, seed=1)
+    result = train_model(model, train, config, test=test)
+    vals = [e.val_accuracy for e in result.epochs[1:]]
+    assert result.chosen_epoch >= 1 and result.chosen.val_accuracy == max(vals)
+    assert vals.index(max(vals)) + 1 == result.chosen_epoch  # the first epoch reaching the best
+    ran = result.epochs[-1].epoch
+    assert ran == 12 or ran - result.chosen_epoch == 2  # stopped after 2 epochs without improvement
+    _, held = holdout_split(train, 0.25, seed=1)
+    assert held is not None
+    assert accuracy(model, held.x, held.y) == pytest.approx(result.chosen.val_accuracy)  # those weights are kept
+    assert result.to_dict()["final"]["epoch"] == result.chosen_epoch
+
+
+@pytest.mark.parametrize("extra", [{}, {"norm_decay": (Norm.L1, 1e-2), "svc": (1.0, 3), "augment": True},
+                                   {"adversarial": AdversarialConfig("trades", eps=0.1, steps=2, trades_beta=1.0),
+                                    "lr_milestones": (2,)}])
+def test_an_interrupted_training_resumes_to_the_uninterrupted_result(
+        tmp_path: Path, digits: tuple[Dataset, Dataset], extra: dict[str, object]) -> None:
+    train, _ = digits
+    config = TrainConfig(epochs=4, batch_size=32, val_fraction=0.2, seed=2, **extra)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    whole = tiny_cnn(1, 8, 10)
+    expected = train_model(whole, train, config)
+    state = tmp_path / "state.pt"
+    batches = math.ceil(len(train) * 0.8 / 32)
+
+    def stop_in_epoch_3(stage: str, done: int, total: int) -> None:
+        if stage == "train" and done == 2 * batches + 1:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(tiny_cnn(1, 8, 10), train, config, resume=state, progress=stop_in_epoch_3)
+    assert state.is_file()
+    torch.manual_seed(123)  # whatever the process did in between
+    resumed_model = tiny_cnn(1, 8, 10)
+    resumed = train_model(resumed_model, train, config, resume=state)
+    assert resumed.resumed_from == 2 and resumed.chosen_epoch == expected.chosen_epoch
+    for a, b in zip(whole.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [e.val_accuracy for e in resumed.epochs] == [e.val_accuracy for e in expected.epochs]
+    with pytest.raises(DataError, match="other settings"):
+        train_model(tiny_cnn(1, 8, 10), train, TrainConfig(epochs=5, batch_size=32, val_fraction=0.2, seed=2),
+                    resume=state)
+
+
+def test_learning_rate_schedule_and_bad_settings() -> None:
+    from lipaudit.train.loop import _lr_at
+
+    config = TrainConfig(epochs=10, lr=0.1, lr_milestones=(3, 6))
+    assert [round(_lr_at(config, e), 6) for e in (1, 3, 4, 6, 7, 10)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    for bad in ({"val_fraction": 1.0}, {"patience": 2}, {"val_fraction": 0.1, "patience": 0},
+                {"lr_milestones": (0,)}, {"lr_gamma": 0.0}):
+        with pytest.raises(UsageError, match="but got"):
+            TrainConfig(**bad)  # type: ignore[arg-type]

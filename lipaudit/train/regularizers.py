@@ -245,6 +245,14 @@ class NormDecay:
                     weight.grad.add_(memory, alpha=self.beta)
         return values
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The per-layer memories ``G`` (to resume training exactly)."""
+        return {name: g.detach().clone() for name, g in self._memory.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the memories saved by :meth:`state_dict`."""
+        self._memory = {name: g.clone() for name, g in state.items() if name in self.layers}
+
     def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
         """Run :meth:`step` automatically before every ``optimizer.step()``; ``handle.remove()`` detaches it."""
 
