@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "mlp", "small_cnn", "small_resnet", "tiny_cnn"]
+__all__ = ["BasicBlock", "mlp", "resnet18", "small_cnn", "small_resnet", "tiny_cnn", "vgg16"]
 
 
 def mlp(in_features: int = 784, hidden: tuple[int, ...] = (128, 64), num_classes: int = 10) -> nn.Sequential:
@@ -91,3 +91,47 @@ def small_resnet(in_channels: int = 1, num_classes: int = 10, width: int = 8) ->
         nn.Flatten(),
         nn.Linear(4 * width, num_classes),
     )
+
+
+def resnet18(in_channels: int = 3, num_classes: int = 10, width: int = 64) -> nn.Sequential:
+    """ResNet-18 for 32×32 inputs (3×3 stem, four stages of two basic blocks, 4×4 average pooling), the CIFAR-10
+    variant of the paper's experiments; ``width`` scales every stage (64: the standard network).
+
+    Example:
+        >>> resnet18(width=4)(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    blocks: list[nn.Module] = []
+    planes = width
+    for stage, stride in enumerate((1, 2, 2, 2)):
+        out = width * 2**stage
+        blocks += [BasicBlock(planes, out, stride), BasicBlock(out, out)]
+        planes = out
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), *blocks,
+        nn.AvgPool2d(4), nn.Flatten(), nn.Linear(planes, num_classes),
+    )
+
+
+#: VGG-16's convolution widths and max-poolings ("M").
+_VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16(in_channels: int = 3, num_classes: int = 10, width: int = 64) -> nn.Sequential:
+    """VGG-16 with BatchNorm for 32×32 inputs (conv-BN-ReLU, five max-poolings, one linear layer), the CIFAR-10
+    variant of the paper's experiments; ``width`` scales every layer (64: the standard network).
+
+    Example:
+        >>> vgg16(width=4)(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    layers: list[nn.Module] = []
+    planes = in_channels
+    for item in _VGG16:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            out = int(item) * width // 64
+            layers += [nn.Conv2d(planes, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            planes = out
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(planes, num_classes))
