@@ -43,7 +43,7 @@ _SUMMARIES: dict[str, str] = {
     "norms": "Exact per-layer operator norms and whole-network Lipschitz bounds of MODEL.",
     "prove": "Run the theorem demonstrations (robust classifiers with arbitrarily large Lipschitz constants).",
     "report": "Re-render an HTML report from an audit's JSON (nothing recomputed).",
-    "reproduce": "Reproduce the paper's experiments on the built-in MNIST digits.",
+    "reproduce": "The paper's claims over seeds and architectures, with confidence intervals.",
     "train": "Train a model with the paper's regularisers or adversarial training.",
     "validate": "Check the invariants of an audit result (and its HTML report).",
     "verify": "Decide VNN-LIB properties by branch and bound (sat/unsat/unknown); run and compare benchmarks.",

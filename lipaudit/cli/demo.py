@@ -71,7 +71,7 @@ def demo(out: str, epochs: int | None, n_train: int | None, n: int | None, attac
                   "--attack-steps", str(attack_steps), "--seed", str(seed)]
     trained_by += ["--n-train", str(n_train)] if n_train is not None else []
     results = [train_and_audit(name, config, folder, eps=EPS, n=n, seed=seed, radius=True, progress=progress,
-                               train=train, test=test, attack_steps=attack_steps, trained_by=trained_by)
+                               train=train, test=test, attack_steps=attack_steps, trained_by=trained_by)[0]
                for name, config in setups]
     index = write_comparison(results, folder / "index.html", ["standard", f"PGD-AT (ε={TRAIN_EPS:g})"])
     click.echo(f"lipaudit: demo written to {index}", err=True)

@@ -1,0 +1,132 @@
+"""Run a protocol's grid over seeds and architectures, resumably, and summarise it into the claims table.
+
+Layout under the output folder: ``ARCH/seedK/SETUP.{pt,html,json}`` per model, ``ARCH/seedK/SETUP.record.json``
+(the numbers the claims read, written last: a model with a record is done), ``ARCH/seedK/.SETUP.state.pt`` (the
+training state, saved every epoch), ``ARCH/seedK/index.html`` (that seed's models side by side), and at the top
+``summary.json``, ``summary.md`` and ``index.html``. Running the same command again skips every finished model and
+resumes an interrupted training from its last epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lipaudit.audit.result import atomic_write_text
+from lipaudit.claims import claims_table
+from lipaudit.errors import UsageError
+from lipaudit.experiments import Protocol, Setup, model_record, paper_grid
+
+__all__ = ["record_key", "run_reproduction", "summarise"]
+
+RECORD_VERSION = 1
+
+
+def record_key(protocol: Protocol, arch: str, setup: Setup) -> dict[str, Any]:
+    """What a finished model's record must match to be reused: every setting that changes its numbers."""
+    settings = protocol.to_dict()
+    del settings["notes"]
+    return {"version": RECORD_VERSION, "protocol": settings, "arch": arch, "setup": setup.name,
+            "config": setup.config.to_dict()}
+
+
+def _load_record(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a torn or foreign file: the model is recomputed
+    if not isinstance(saved, dict) or saved.get("key") != json.loads(json.dumps(key)):
+        return None
+    record = saved.get("record")
+    return record if isinstance(record, dict) else None
+
+
+def run_reproduction(protocol: Protocol, out: Path, *, seeds: Sequence[int], archs: Sequence[str] | None = None,
+                     quick: bool = False, progress: bool | None = None, trained_by: list[str] | None = None,
+                     device: str = "cpu", setups: Sequence[str] | None = None,
+                     train_and_audit: Callable[..., tuple[dict[str, Any], dict[str, Any]]] | None = None,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and audit every (architecture, seed, set-up) of ``protocol`` not already finished under ``out``, then
+    write the summary. Returns the summary (also in ``out/summary.json``).
+
+    ``train_and_audit`` is :func:`lipaudit.cli._pipeline.train_and_audit` (a stand-in in tests).
+    """
+    from lipaudit.io.data import load_data
+    from lipaudit.report.compare import write_comparison
+    from lipaudit.report.paper import write_paper_summary
+
+    if train_and_audit is None:
+        from lipaudit.cli._pipeline import train_and_audit as pipeline
+
+        train_and_audit = pipeline
+    chosen = tuple(archs) if archs else protocol.arch_names
+    unknown = [a for a in chosen if a not in protocol.arch_names]
+    if unknown:
+        raise UsageError(f"Expected architectures among {', '.join(protocol.arch_names)} but got "
+                         f"{', '.join(unknown)}")
+    if not seeds:
+        raise UsageError("Expected at least one seed")
+    names = [s.name for s in paper_grid(protocol, 0, quick=quick)]
+    wanted = set(setups) if setups else set(names)
+    if wanted - set(names):
+        raise UsageError(f"Expected set-ups among {', '.join(names)} but got {', '.join(sorted(wanted - set(names)))}")
+    if "plain" not in wanted:
+        raise UsageError("Expected the set-ups to include plain: every claim compares against it")
+    start = time.perf_counter()
+    train = load_data(protocol.data, split="train", n=protocol.n_train, seed=0)
+    test = load_data(protocol.data, split="test", seed=0)
+    records, computed = [], 0
+    for seed in seeds:
+        for arch in chosen:
+            folder = out / arch / f"seed{seed}"
+            folder.mkdir(parents=True, exist_ok=True)
+            rows = []
+            for setup in (s for s in paper_grid(protocol, seed, quick=quick) if s.name in wanted):
+                key = record_key(protocol, arch, setup)
+                record_file = folder / f"{setup.name}.record.json"
+                record = _load_record(record_file, key)
+                if record is None:
+                    began = time.perf_counter()
+                    result, train_log = train_and_audit(
+                        setup.name, setup.config, folder, eps=protocol.eval_eps, n=protocol.eval_n,
+                        seed=protocol.eval_seed, radius=False, progress=progress, train=train, test=test,
+                        attack_steps=protocol.attack_steps, attack_targets=protocol.attack_targets,
+                        trained_by=trained_by, arch=f"lipaudit.zoo:{arch}", arch_kwargs=protocol.arch_kwargs(arch),
+                        data=protocol.data, mean=protocol.mean, std=protocol.std,
+                        methods=protocol.methods_for(arch), device=device, resume=folder / f".{setup.name}.state.pt")
+                    record = model_record(arch, setup, seed, result, train_log,
+                                          report_href=f"{arch}/seed{seed}/{setup.name}.html")
+                    record["seconds"] = time.perf_counter() - began
+                    atomic_write_text(record_file, json.dumps({"key": key, "record": record}, indent=1,
+                                                              allow_nan=False, default=str))
+                    computed += 1
+                    log(f"lipaudit: {arch} seed {seed} {setup.name} done in {record['seconds']:.0f} s")
+                records.append(record)
+                rows.append((setup.name, folder / f"{setup.name}.json"))
+            results = [json.loads(p.read_text(encoding="utf-8")) for _, p in rows if p.is_file()]
+            if len(results) == len(rows):
+                for r, (name, _) in zip(results, rows):
+                    r["report_href"] = f"{name}.html"
+                write_comparison(results, folder / "index.html", [n for n, _ in rows])
+    summary = summarise(protocol, records, seeds=seeds, archs=chosen, quick=quick)
+    summary["run"] = {"computed": computed, "reused": len(records) - computed,
+                      "wall_seconds": time.perf_counter() - start,
+                      "compute_seconds": sum(float(r.get("seconds") or 0.0) for r in records)}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, allow_nan=False, default=str))
+    write_paper_summary(summary, out)
+    return summary
+
+
+def summarise(protocol: Protocol, records: Sequence[dict[str, Any]], *, seeds: Sequence[int],
+              archs: Sequence[str], quick: bool = False) -> dict[str, Any]:
+    """The claims table and the records, with the settings that produced them."""
+    return {
+        "protocol": protocol.to_dict(), "seeds": list(seeds), "archs": list(archs), "quick": quick,
+        "claims": claims_table(records, small_eps=protocol.small_eps, adv_eps=protocol.adv_eps),
+        "models": list(records),
+    }
