@@ -210,3 +210,17 @@ def test_attacks_work_inside_no_grad_and_do_not_track_the_input() -> None:
         x_min, _ = FMN(Norm.L2, steps=3).minimize(model, x, y)
     assert not x_adv.requires_grad and x_adv.grad_fn is None and x_min.grad_fn is None
     assert float((x_adv - x).abs().max()) > 0
+
+
+@given(rows=st.integers(1, 6), d=st.integers(1, 30), seed=st.integers(0, 2**16))
+def test_l1_box_projection_batched_with_ties_and_faces(rows: int, d: int, seed: int) -> None:
+    """Several rows at once, repeated |u| values and pixels at the box faces (no room to move) against the exact
+    reference row by row."""
+    gen = np.random.default_rng(seed)
+    x = gen.choice([0.0, 1.0, 0.25, 0.5], size=(rows, d))
+    v = x + gen.choice([-0.5, -0.25, 0.25, 0.5, 1.0], size=(rows, d))
+    eps = gen.uniform(0.01, 2.0, size=rows)
+    ours = project(torch.tensor(v), torch.tensor(x), torch.tensor(eps), Norm.L1).numpy()
+    for i in range(rows):
+        ref = _reference_l1_box_projection(v[i], x[i], float(eps[i]))
+        assert np.abs(ours[i] - ref).max() <= 1e-9 * max(1.0, eps[i]), (i, ours[i], ref)
