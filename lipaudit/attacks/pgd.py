@@ -83,7 +83,10 @@ class PGD(Attack):
         best_loss = torch.full_like(eps, -math.inf)
         for _ in range(self.restarts):
             x_adv = sample_ball(x, self.norm, eps, generator=gen)[0] if self.random_start else x.clone()
-            for step in range(self.steps + 1):
+            # With one restart the last iterate is returned unless an earlier one was adversarial, so it needs no
+            # forward pass of its own (as in torchattacks); with several, its loss picks the restart.
+            last = self.steps + (1 if self.restarts > 1 else 0)
+            for step in range(last):
                 if step < self.steps:
                     z, loss, g = logits_and_grad(model, x_adv, self._loss_fn, y)
                 else:
@@ -100,6 +103,9 @@ class PGD(Attack):
                     x_adv = torch.addcmul(x_adv, g.sign(), alpha).clamp_(lower, upper)
                 else:
                     x_adv = project(x_adv + steepest_direction(g, x_adv, self.norm) * alpha, x, eps, self.norm)
+            if self.restarts == 1:
+                best = x_adv
+                break
             better = torch.nan_to_num(loss, nan=-math.inf) > best_loss
             best = torch.where(batch_view(better, x), x_adv, best)
             best_loss = torch.where(better, loss, best_loss)

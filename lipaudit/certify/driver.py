@@ -265,10 +265,11 @@ class Certifier:
                     trials.clear()  # larger batches stopped paying: no need to time the next, larger one
                 if not trials:
                     self._choose_batch(method, mode)
+            used = f"{method}[{mode}]"
             for i, margin in zip(chunk, margins.tolist(), strict=True):
                 o = outcomes[i]
                 o.margin = finite_or_none(margin)  # JSON has no inf / nan
-                o.used = f"{method}[{mode}]"
+                o.used = used
                 ok = math.isfinite(margin) and margin > self.options.margin_tol
                 if o.status != Outcome.TIMEOUT or ok:
                     o.status = Outcome.CERTIFIED if ok else Outcome.NOT_CERTIFIED

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 import importlib.util
 import io
@@ -249,7 +250,7 @@ class BoundEngine:
         self.input_shape = x_example.shape[1:]
         self._bounded: dict[tuple[str, bool], Any] = {}
 
-    @property
+    @functools.cached_property
     def patches_unsound(self) -> bool:
         """Whether patches mode must not be used for this model (see ``grouped_conv_patches`` in ``_compat``)."""
         return _compat.grouped_conv_patches_needed() and any(
