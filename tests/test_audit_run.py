@@ -287,3 +287,62 @@ def test_the_report_leads_with_a_failed_cross_check(trained: Any) -> None:
     html = render_report(_audit(trained, Engines(certifier=_boasting)))
     assert "A cross-check failed" in html and "soundness violation</span>" in html
     assert "Cross-check certify-at-attack-radius failed" in html  # the verdict says it too
+
+
+class _Clocked:
+    """A certifier whose bound computations take a set time on a fake clock (seconds per method), certifying
+    nothing."""
+
+    def __init__(self, seconds: dict[Method, float], clock: list[float]) -> None:
+        from lipaudit.certify import CertifyOptions
+
+        self.seconds, self.clock, self.calls = seconds, clock, []
+        self.options = CertifyOptions()
+        self.norm = Norm.LINF
+
+    def certify_batch(self, x: torch.Tensor, y: torch.Tensor, eps: Any, method: Method) -> Any:
+        from lipaudit.certify.driver import Outcome
+
+        self.calls.append(method)
+        self.clock[0] += self.seconds[method]
+        over = self.seconds[method] > self.options.time_budget_s
+        return [dataclasses.make_dataclass("O", [("status", Any), ("message", Any)])(
+            Outcome.TIMEOUT if over else Outcome.NOT_CERTIFIED, None) for _ in range(x.shape[0])]
+
+
+@pytest.mark.parametrize(("seconds", "kept"), [
+    ({Method.CROWN: 0.01, Method.CROWN_IBP: 0.001}, Method.CROWN),
+    ({Method.CROWN: 5.0, Method.CROWN_IBP: 0.01}, Method.CROWN_IBP),
+    ({Method.CROWN: 500.0, Method.CROWN_IBP: 0.01}, Method.CROWN_IBP),  # over the probe's limit: a timeout
+    ({Method.CROWN: 5.0, Method.CROWN_IBP: 3.0}, Method.IBP),
+])
+def test_auto_methods_follow_the_measured_cost(monkeypatch: pytest.MonkeyPatch, seconds: dict[Method, float],
+                                               kept: Method) -> None:
+    """100 samples × 3 ε + 10 radius steps each = 1300 bound computations against a 180 s budget: CROWN at 0.01 s
+    fits (13 s), at 5 s it does not (1.8 h), and the forecast moves down the chain."""
+    import time
+
+    from lipaudit.audit.run import AuditConfig, fit_methods
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    certifier = _Clocked(seconds, clock)
+    config = AuditConfig(norm=Norm.LINF, eps=(0.01, 0.02, 0.03), methods=(Method.IBP, Method.CROWN),
+                         radius_method=Method.CROWN, certify_budget_s=180.0)
+    flags: list[Any] = []
+    fitted = fit_methods(certifier, torch.zeros(100, 1, 2, 2), torch.zeros(100, dtype=torch.long), config, flags)
+    assert fitted.radius_method is kept and fitted.method_list == tuple(dict.fromkeys((Method.IBP, kept)))
+    if kept is Method.CROWN:
+        assert fitted is config and not flags
+    else:
+        assert len(flags) == 1 and flags[0].code == "certify-methods-for-time"
+        assert "CROWN (" in flags[0].message and f"{kept} instead" in flags[0].message
+    assert certifier.options == type(certifier.options)()  # the probe's limit is not left behind
+    assert Method.IBP not in certifier.calls  # IBP always runs: never timed
+
+
+def test_a_tiny_certification_budget_leaves_crown_out_of_an_audit(trained: Any) -> None:
+    result = _audit(trained, methods="auto", radius_method="auto", certify_budget_s=1e-6)
+    assert result.certification["methods"] == ["IBP"]
+    flag = next(f for f in result.flags if f.code == "certify-methods-for-time")
+    assert "CROWN" in flag.message and result.status != "failed"

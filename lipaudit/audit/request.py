@@ -54,6 +54,8 @@ class AuditRequest:
         attack_budget_s: seconds the attack ensemble may take when ``attack_steps`` is ``None``.
         memory_budget_gb: memory budget of certification.
         time_budget_s: seconds per sample of certification.
+        certify_budget_s: with ``"auto"`` methods, the seconds certification may take (forecast from a measured
+            bound computation; weaker methods when the strongest would not fit).
         complete_budget_s: seconds of branch and bound per undecided sample (ℓ∞ only; ``None``: none).
     """
 
@@ -76,6 +78,7 @@ class AuditRequest:
     attack_budget_s: float = 120.0
     memory_budget_gb: float = 8.0
     time_budget_s: float = 60.0
+    certify_budget_s: float = 180.0
     complete_budget_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -109,6 +112,7 @@ class AuditRequest:
                            attack_radius=self.radius, attack_steps=self.attack_steps,
                            attack_targets=self.attack_targets, attack_budget_s=self.attack_budget_s, seed=self.seed,
                            memory_budget_gb=self.memory_budget_gb, time_budget_s=self.time_budget_s,
+                           certify_budget_s=self.certify_budget_s,
                            complete_budget_s=self.complete_budget_s)
 
     @property
@@ -133,6 +137,7 @@ class AuditRequest:
                  "--methods", methods, "--attack-steps", "auto" if steps is None else str(steps),
                  "--attack-targets", str(targets), "--radius" if self.radius else "--no-radius",
                  "-o", str(html), "--json", str(json_file)]
+        args += ["--certify-budget", repr(self.certify_budget_s)] if self.methods == "auto" else []
         args += [] if self.complete_budget_s is None else ["--complete", repr(self.complete_budget_s)]
         return shlex.join(args)
 

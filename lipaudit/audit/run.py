@@ -59,7 +59,8 @@ if TYPE_CHECKING:  # names for annotations only (the modules are imported when a
     from lipaudit.analysis import Analysis
     from lipaudit.lipschitz import LipschitzReport
 
-__all__ = ["AuditConfig", "Engines", "default_methods", "in_model_normalization", "preflight", "run_audit"]
+__all__ = ["AuditConfig", "Engines", "default_methods", "fit_methods", "in_model_normalization", "preflight",
+           "run_audit"]
 
 Auto = Literal["auto"]
 
@@ -88,6 +89,9 @@ class AuditConfig:
         max_examples: adversarial examples kept for the report.
         complete_budget_s: seconds of branch and bound (:mod:`lipaudit.certify.bab`) for each sample that is left
             undecided at an ε (neither certified nor attacked); ``None``: no branch and bound. ℓ∞ only.
+        certify_budget_s: with ``"auto"`` methods, the time certification may take: the strongest method whose
+            measured cost of one bound computation, times the computations the audit needs, fits is kept, and the
+            report says what was left out (:func:`fit_methods`).
     """
 
     norm: Norm
@@ -104,6 +108,7 @@ class AuditConfig:
     time_budget_s: float = 60.0
     max_examples: int = 8
     complete_budget_s: float | None = None
+    certify_budget_s: float = 180.0
 
     def __post_init__(self) -> None:
         if not self.eps:
@@ -113,7 +118,7 @@ class AuditConfig:
                 raise UsageError(f"Expected every ε in (0, 1] but got {e!r}")
         if self.attack_steps is not None and self.attack_steps < 2:
             raise UsageError(f"Expected at least 2 attack steps but got {self.attack_steps!r}")
-        for name in ("attack_budget_s", "memory_budget_gb", "time_budget_s"):
+        for name in ("attack_budget_s", "memory_budget_gb", "time_budget_s", "certify_budget_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise UsageError(f"Expected a positive {name.removesuffix('_s').removesuffix('_gb').replace('_', ' ')}"
@@ -316,6 +321,7 @@ class _State:
     falsified: dict[float, Tensor] = field(default_factory=dict)  # eps -> bool (N,): BaB counterexamples
     radius_certified: dict[Certificate, Tensor] = field(default_factory=dict)  # who -> radius (N,), nan = unknown
     certifier: Any = None
+    auto_methods: bool = False  # the methods were "auto": the measured cost may trim them (fit_methods)
     crosschecks: list[CrossCheck] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
     attack_info: dict[str, Any] = field(default_factory=dict)
@@ -417,6 +423,7 @@ def _run_stages(model: nn.Module, logits: Tensor, x: Tensor, y: Tensor, st: _Sta
         if st.analysis.layers_error is not None:
             raise st.analysis.layers_error
         progress("norms", 1, 1)
+    st.auto_methods = st.config.methods == "auto"
     st.config = st.config.resolved(st.analysis)
     config = st.config
     with stages.stage("lipschitz"):
@@ -563,6 +570,10 @@ def _the_certifier(model: nn.Module, x: Tensor, config: AuditConfig, st: _State,
 def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, correct: Tensor, st: _State,
                        stages: _Stages, progress: Progress, engines: Engines) -> None:
     idx = torch.nonzero(correct.cpu(), as_tuple=False).flatten()
+    if st.auto_methods and idx.numel():
+        with stages.stage("certify cost"):
+            st.config = config = fit_methods(_the_certifier(model, x, config, st, engines), x[idx], y[idx], config,
+                                             st.flags)
     methods = config.method_list
     st.cert_info["methods"] = [str(m) for m in methods]
     total = len(methods) * len(config.eps)
@@ -596,6 +607,77 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
     if strongest is not None and st.radius_attack is not None and idx.numel():
         with stages.stage("cross-check"):
             st.crosschecks.append(_certify_at_attack_radius(x, y, config, strongest, idx, st, engines, model))
+
+
+#: Bound computations per sample of a radius bisection (gallop and halvings to the 2% tolerance), for the forecast.
+_RADIUS_CALLS = 10
+_WEAKER = {Method.ALPHA_CROWN: Method.CROWN, Method.CROWN: Method.CROWN_IBP, Method.CROWN_IBP: Method.IBP}
+
+
+def fit_methods(certifier: Any, x: Tensor, y: Tensor, config: AuditConfig, flags: list[Flag]) -> AuditConfig:
+    """Keep the strongest method whose forecast cost fits ``config.certify_budget_s``; weaker ones in its place.
+
+    The forecast is the measured time of one bound computation on one sample (after a first call that parses the
+    model and sizes the batches), times the computations the audit needs: every sample at every ε, plus about
+    :data:`_RADIUS_CALLS` per sample for the radii. IBP always runs. What was left out is an info flag.
+    """
+    strongest = config.radius or (config.method_list[-1] if config.method_list else Method.IBP)
+    n = int(x.shape[0])
+    calls = n * len(config.eps) + (n * _RADIUS_CALLS if config.radius is not None else 0)
+    eps = min(config.eps)
+    chosen, notes = strongest, []
+    while chosen is not Method.IBP:
+        per_call = _time_one(certifier, x[:1], y[:1], eps, chosen, config.certify_budget_s / 4)
+        forecast = per_call * calls
+        if forecast <= config.certify_budget_s:
+            break
+        weaker = _WEAKER[chosen]
+        cost = (f"over {config.certify_budget_s / 4:.3g} s per bound computation" if math.isinf(per_call) else
+                f"{per_call:.3g} s per bound computation, about {_duration(forecast)} for the audit's {calls}")
+        notes.append(f"{chosen} ({cost})")
+        chosen = weaker
+    if chosen is strongest:
+        return config
+    flags.append(Flag(code="certify-methods-for-time", severity=Severity.INFO, stage="certify", message=(
+        f"Left out for time: {'; '.join(notes)}, over the {config.certify_budget_s:g} s certification budget; "
+        f"{chosen} instead. Certified figures are lower bounds either way; pass --methods to insist.")))
+    methods = tuple(dict.fromkeys([*(m for m in config.method_list if _ORDER.index(m) <= _ORDER.index(chosen)),
+                                   chosen]))
+    return dataclasses.replace(config, methods=methods,
+                               radius_method=chosen if config.radius is not None else None)
+
+
+_ORDER = [Method.IBP, Method.CROWN_IBP, Method.CROWN, Method.ALPHA_CROWN]
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "an unknown time"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def _time_one(certifier: Any, x: Tensor, y: Tensor, eps: float, method: Method, limit: float) -> float:
+    """Seconds of one steady-state bound computation of ``method`` on one sample (inf when over ``limit``)."""
+    import time
+
+    from lipaudit.certify.driver import Outcome
+
+    options = getattr(certifier, "options", None)  # a stand-in certifier may have none: its own budgets apply
+    if options is not None:
+        certifier.options = dataclasses.replace(options, time_budget_s=limit, fallback=False)
+    try:
+        seconds = math.inf
+        for _ in range(2):  # the first call parses the model for this method and sizes its batches
+            start = time.perf_counter()
+            outcome = certifier.certify_batch(x, y, eps, method)[0]
+            seconds = time.perf_counter() - start
+            if outcome.status in (Outcome.TIMEOUT, Outcome.ERROR) or seconds > limit / 2:
+                return math.inf if outcome.status is Outcome.TIMEOUT else seconds
+        return seconds
+    finally:
+        if options is not None:
+            certifier.options = options
 
 
 def _run_radius(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, method: Method, correct: Tensor,

@@ -80,6 +80,9 @@ def require_measured(result: Any) -> None:
               help="GB for certification.")
 @click.option("--time-budget", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds per sample to certify.")
+@click.option("--certify-budget", default=180.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds certification may take with --methods auto: the strongest method whose measured cost "
+                   "fits is kept (the report says what was left out).")
 @click.option("--complete", "complete", default=None, metavar="S",
               type=click.FloatRange(min=0, min_open=True),
               help="Branch and bound (β-CROWN splits) on every sample left undecided at an ε, S seconds each "
@@ -97,7 +100,7 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: tuple[float, 
           std: tuple[float, ...] | None, device: str, data: str, split: str, n: int, seed: int, norm: Norm,
           eps: tuple[float, ...] | None, methods: tuple[Method, ...] | str, radius: bool, attack_steps: int | None,
           attack_targets: int, attack_budget: float, memory_budget: float, time_budget: float,
-          complete: float | None, output: str | None, json_path: str | None, fail_under_certified: float | None,
+          certify_budget: float, complete: float | None, output: str | None, json_path: str | None, fail_under_certified: float | None,
           fail_under_robust: float | None, progress: bool | None) -> None:
     """Audit MODEL: layer norms, Lipschitz bounds, certification, attacks and their cross-checks.
 
@@ -120,7 +123,7 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: tuple[float, 
                            methods=methods,  # type: ignore[arg-type]  # METHODS gives "auto" or a tuple
                            radius=radius, attack_steps=attack_steps, attack_targets=attack_targets,
                            attack_budget_s=attack_budget, memory_budget_gb=memory_budget, time_budget_s=time_budget,
-                           complete_budget_s=complete)
+                           certify_budget_s=certify_budget, complete_budget_s=complete)
     html_path = Path(output) if output else Path("reports") / f"{Path(model).stem or 'model'}.html"
     if output is None:
         html_path.parent.mkdir(parents=True, exist_ok=True)
