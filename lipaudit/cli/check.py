@@ -100,8 +100,8 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: tuple[float, 
           std: tuple[float, ...] | None, device: str, data: str, split: str, n: int, seed: int, norm: Norm,
           eps: tuple[float, ...] | None, methods: tuple[Method, ...] | str, radius: bool, attack_steps: int | None,
           attack_targets: int, attack_budget: float, memory_budget: float, time_budget: float,
-          certify_budget: float, complete: float | None, output: str | None, json_path: str | None, fail_under_certified: float | None,
-          fail_under_robust: float | None, progress: bool | None) -> None:
+          certify_budget: float, complete: float | None, output: str | None, json_path: str | None,
+          fail_under_certified: float | None, fail_under_robust: float | None, progress: bool | None) -> None:
     """Audit MODEL: layer norms, Lipschitz bounds, certification, attacks and their cross-checks.
 
     Writes one self-contained HTML report and a JSON file with every number in it. Exit status: 0 ok, 1 failure
