@@ -3,6 +3,7 @@ the exact circular FFT case, and Hölder's inequality."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from unittest import mock
 
@@ -12,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from lipaudit.norms import gram as gram_module
 from lipaudit.norms import gram_upper, l2_bracket, operator_norm
 from lipaudit.norms import spectral as spectral_module
 from lipaudit.norms.conv import conv_geometry
@@ -20,6 +22,14 @@ from tests.reference import dense_matrix
 from tests.strategies import ConvCase, conv_cases, conv_transpose_cases, fill_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
+
+
+def _no_exact_path() -> contextlib.ExitStack:
+    """Neither the dense matrix nor the Gram matrix: the enclosing circular convolution and Lanczos alone."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(spectral_module, "DENSE_LIMIT", 0))
+    stack.enter_context(mock.patch.object(gram_module, "GRAM_SIDE_LIMIT", 0))
+    return stack
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
@@ -48,13 +58,13 @@ def test_bracket_contains_dense_svd(case: ConvCase) -> None:
 
 @given(conv_cases(max_extra=7))
 def test_bracket_without_dense_path_still_contains_svd(case: ConvCase) -> None:
-    with mock.patch.object(spectral_module, "DENSE_LIMIT", 0):
+    with _no_exact_path():
         _assert_contains(case)
 
 
 @given(conv_transpose_cases())
 def test_conv_transpose_bracket_contains_dense_svd(case: ConvCase) -> None:
-    with mock.patch.object(spectral_module, "DENSE_LIMIT", 0):
+    with _no_exact_path():
         _assert_contains(case)
 
 
@@ -156,9 +166,9 @@ def test_power_iteration_is_a_lower_bound() -> None:
 
 def test_typical_layer_bracket_is_narrow() -> None:
     conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
-    lower, upper = l2_bracket(conv, (4, 8, 8))  # 256 × 256: dense path
+    lower, upper = l2_bracket(conv, (4, 8, 8))  # 256 × 256: the exact Gram matrix
     assert (upper - lower) / upper <= 1e-6
-    with mock.patch.object(spectral_module, "DENSE_LIMIT", 0):
+    with _no_exact_path():
         lower, upper = l2_bracket(conv, (4, 8, 8))  # enclosing circular convolution + power iteration
     assert (upper - lower) / upper <= 0.05
 
@@ -169,7 +179,7 @@ def test_typical_layer_bracket_is_narrow() -> None:
 def test_medium_layers_fft_lanczos_bracket_contains_dense_svd(cin: int, cout: int, k: int | tuple[int, int],
                                                               stride: int | tuple[int, int], size: int) -> None:
     conv = fill_weights(nn.Conv2d(cin, cout, k, stride=stride, padding=1, bias=False), cin * size)
-    with mock.patch.object(spectral_module, "DENSE_LIMIT", 0):
+    with _no_exact_path():
         lower, upper = l2_bracket(conv, (cin, size, size))
     sigma = _sigma(ConvCase(conv, (cin, size, size)))
     assert lower <= sigma * (1 + 1e-9) <= upper * (1 + 1e-9)

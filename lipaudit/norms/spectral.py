@@ -36,6 +36,7 @@ import torch
 from lipaudit.norms.base import SpectralBracket, safe_upper
 from lipaudit.norms.blocks import cholesky_upper, eigh_upper, gram_upper
 from lipaudit.norms.conv import ConvGeometry, conv_forward, conv_geometry, fold_kernel
+from lipaudit.norms.gram import gram_bracket
 
 __all__ = [
     "cholesky_upper",
@@ -242,7 +243,7 @@ def lanczos_lower(
         y = y / torch.linalg.vector_norm(y).clamp_min(tiny)
         with torch.no_grad():
             value = float(torch.linalg.vector_norm(apply(y.reshape(shape))))
-        gained = value > best * (1.0 + 1e-3 * tol)
+        gained = value > best * (1.0 + 0.05 * tol)  # less than tol/20 per restart: converged for this purpose
         if value > best:
             best, best_vec = value, y
         v = y
@@ -262,6 +263,7 @@ def spectral_bracket(
     tol: float = 1e-3,
     max_iter: int = 500,
     init: torch.Tensor | None = None,
+    fast_apply: LinearMap | None = None,
 ) -> SpectralBracket:
     """Combine upper-bound candidates with a Lanczos lower bound, and with the exact dense path where the bracket
     is wider than ``tol`` and the dense matrix is affordable (:data:`DENSE_LIMIT`, :data:`DENSE_SIDE_LIMIT`).
@@ -274,10 +276,19 @@ def spectral_bracket(
         tol: target relative width; the iteration stops once reached.
         max_iter: applications of ``MᵀM`` at most.
         init: a start vector for the iteration.
+        fast_apply: the same map in a cheaper precision for the iteration (float32); its best vector is then
+            evaluated with ``apply``, so the lower end stays a value the layer attains.
     """
     upper, method = min(candidates, key=lambda c: c[0]) if candidates else (math.inf, "none")
-    lower, _ = lanczos_lower(apply, in_shape, dtype=dtype, device=device, upper=upper, tol=tol, max_iter=max_iter,
-                             init=init)
+    if fast_apply is None:
+        lower, _ = lanczos_lower(apply, in_shape, dtype=dtype, device=device, upper=upper, tol=tol,
+                                 max_iter=max_iter, init=init)
+    else:
+        _, vec = lanczos_lower(fast_apply, in_shape, dtype=torch.float32, device=device, upper=upper, tol=tol,
+                               max_iter=max_iter, init=init)
+        y = vec.to(dtype).reshape(1, *in_shape)
+        with torch.no_grad():
+            lower = float(torch.linalg.vector_norm(apply(y))) / max(float(torch.linalg.vector_norm(y)), 1e-300)
     n_in = math.prod(in_shape)
     wide = not lower * (1.0 + tol) >= upper
     if wide and n_in * out_numel <= DENSE_LIMIT and min(n_in, out_numel) <= DENSE_SIDE_LIMIT:
@@ -350,9 +361,22 @@ def conv_spectral_bracket(
     def apply(x: torch.Tensor) -> torch.Tensor:
         return conv_forward(x, w, geom, groups)
 
-    candidates = [(safe_upper(math.sqrt(l1 * linf)), "holder")]
-    warm, v = lanczos_lower(apply, in_shape, dtype=torch.float64, device=w.device, max_iter=min(30, max_iter),
-                            steps=30)
+    holder = safe_upper(math.sqrt(l1 * linf))
+    if geom.mode != "circular":  # circular layers may be exactly their FFT; the others take the Gram path if small
+        exact = gram_bracket(w, geom, groups, l1, linf, tol=tol)
+        if exact is not None:
+            return exact if exact.upper <= holder else SpectralBracket(min(exact.lower, holder), holder, "holder")
+    candidates = [(holder, "holder")]
+    w32 = w.to(torch.float32)
+
+    def apply32(x: torch.Tensor) -> torch.Tensor:  # the iterations in float32, every lower end evaluated in float64
+        return conv_forward(x, w32, geom, groups)
+
+    _, v = lanczos_lower(apply32, in_shape, dtype=torch.float32, device=w.device, max_iter=min(30, max_iter),
+                         steps=30)
+    with torch.no_grad():
+        y = v.to(torch.float64).reshape(1, *in_shape)
+        warm = float(torch.linalg.vector_norm(apply(y))) / max(float(torch.linalg.vector_norm(y)), 1e-300)
     made = conv_fft_upper(w, geom, groups, lower=warm, tol=tol / 10)
     if made is not None:
         candidates.append((made[0], "fft-exact" if made[1] else "fft"))
@@ -362,7 +386,12 @@ def conv_spectral_bracket(
         inner = conv_fft_upper(w, valid, groups, lower=warm / padding_norm(geom), tol=tol / 10)
         if inner is not None:
             candidates.append((safe_upper(inner[0] * padding_norm(geom)), "padding-product"))
+    upper, _ = min(candidates, key=lambda c: c[0])
+    if geom.mode == "circular" and not warm * (1.0 + tol) >= upper:  # wrapped taps: the Gram path if small
+        exact = gram_bracket(w, geom, groups, l1, linf, tol=tol)
+        if exact is not None and exact.upper <= upper:
+            return SpectralBracket(min(max(warm, exact.lower), exact.upper), exact.upper, exact.method)
     return spectral_bracket(apply, in_shape, out_numel, candidates, dtype=torch.float64, device=w.device, tol=tol,
-                            max_iter=max_iter, init=v)
+                            max_iter=max_iter, init=v, fast_apply=apply32)
 
 
