@@ -53,7 +53,7 @@ def _tap_reads(geom: ConvGeometry) -> torch.Tensor:
         for t, tap in enumerate(taps):
             where = [r[i] for r, i in zip(per_axis, tap)]
             if all(w is not None for w in where):
-                reads[t, p] = sum(int(w) * s for w, s in zip(where, strides))
+                reads[t, p] = sum(int(w or 0) * s for w, s in zip(where, strides))
     return reads
 
 
