@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.norms import resnet18
 from lipaudit.attacks import PGD
 from lipaudit.types import Method, Norm
-from lipaudit.zoo import resnet18, small_cnn, tiny_cnn
+from lipaudit.zoo import small_cnn, tiny_cnn
 
 
 def interleaved(fns: Sequence[Callable[[], object]], rounds: int) -> list[list[float]]:

@@ -7,10 +7,10 @@ balls are nested), so it is a lower bound on the true robustness radius. The sea
 it can be certified by a sound method). Without ``upper`` the search doubles ε until certification fails.
 
 Each sample's search is a generator (:func:`_search`) that yields the next ε to try and receives whether it was
-certified, so the same search runs one sample at a time or, under ℓ∞, for all samples in lockstep: one bound
-computation per step for the whole batch, each sample with its own ε box (the certifier still splits the batch into
-the batch size it measured to be fastest). Both give the same radii, since each sample's sequence of ε depends only
-on its own outcomes.
+certified (and the margin bound, which it interpolates on), so the same search runs one sample at a time or, under
+ℓ∞, for all samples in lockstep: one bound computation per step for the whole batch, each sample with its own ε box
+(the certifier still splits the batch into the batch size it measured to be fastest). Both give the same radii,
+since each sample's sequence of ε depends only on its own outcomes.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def certified_radius(
     elif batched and norm is not Norm.LINF:
         raise UsageError(f"Expected ℓ∞ for a batched radius search (per-sample boxes) but got ℓ{norm}")
     predicted = eval_forward(model, x).argmax(dim=1)
-    searches: dict[int, Generator[float, str | None, _Found]] = {}
+    searches: dict[int, Generator[float, tuple[str | None, float | None], _Found]] = {}
     results: dict[int, tuple[float | None, float | None, str | None, str, str | None]] = {}
     counts = [0] * n
     errors: list[list[str]] = [[] for _ in range(n)]
@@ -188,25 +188,36 @@ def certified_radius(
             finish(i, stop.value)
             return None
 
-    def step(group: list[int], eps: list[float]) -> list[str | None]:
-        """Certify each sample of ``group`` at its ε, cheap methods first; what certified each (None: none)."""
+    ibp_failed = [math.inf] * n  # IBP is inclusion-monotone: once it fails at ε, it fails at every larger ε
+
+    def step(group: list[int], eps: list[float]) -> list[tuple[str | None, float | None]]:
+        """Certify each sample of ``group`` at its ε, cheap methods first: what certified each (None: nothing) and
+        the margin lower bound of the last method tried (the search interpolates on it)."""
         got: list[str | None] = [None] * len(group)
+        margins: list[float | None] = [None] * len(group)
         left = list(range(len(group)))
         for m in _cascade(method):
-            if not left:
-                break
-            rows = [group[k] for k in left]
-            radii: float | torch.Tensor = (torch.tensor([eps[k] for k in left], dtype=x.dtype, device=x.device)
-                                           if len(left) > 1 else eps[left[0]])
+            tried = [k for k in left if not (m is Method.IBP and m is not method and eps[k] >= ibp_failed[group[k]])]
+            if not tried:
+                continue
+            rows = [group[k] for k in tried]
+            radii: float | torch.Tensor = (torch.tensor([eps[k] for k in tried], dtype=x.dtype, device=x.device)
+                                           if len(tried) > 1 else eps[tried[0]])
             outcomes = certifier.certify_batch(x[rows], y[rows], radii, m)
-            for k, outcome in zip(left, outcomes):
+            for k, outcome in zip(tried, outcomes):
                 counts[group[k]] += 1
+                if m is method:  # one function of ε to interpolate on: the requested method's bound
+                    margins[k] = outcome.margin
                 if outcome.status == Outcome.CERTIFIED:
                     got[k] = outcome.used
                 elif outcome.status in (Outcome.ERROR, Outcome.TIMEOUT) and outcome.message:
                     errors[group[k]].append(outcome.message)
+                elif m is Method.IBP and outcome.status == Outcome.NOT_CERTIFIED:
+                    ibp_failed[group[k]] = min(ibp_failed[group[k]], eps[k])
             left = [k for k in left if got[k] is None]
-        return got
+            if not left:
+                break
+        return list(zip(got, margins))
 
     def advance(group: list[int], eps: list[float]) -> dict[int, float]:
         following: dict[int, float] = {}
@@ -244,33 +255,79 @@ def certified_radius(
 _Found = tuple[float, float | None, str | None, int]
 
 
-def _search(lo: float, hi: float | None, tol: float, cap: float, norm: Norm) -> Generator[float, str | None, _Found]:
-    """One sample's radius search: yields each ε to try, receives what certified it (None: nothing); returns
-    ``(lo, hi, who, steps)``. Gallops up from the lower end (doubling) unless a given upper end is close, then
-    bisects to the relative tolerance. Brackets with lo > hi return at once (inconsistent)."""
+def _root_estimate(points: list[tuple[float, float]], lo: float, hi: float) -> float | None:
+    """Where the margin bound crosses 0, by a line through the two evaluated points nearest the bracket: one on each
+    side when both are known (interpolation), else the two nearest on the known side (secant). None when the
+    points do not decrease or the estimate falls outside ``(lo, hi)``."""
+    certified = sorted((p for p in points if p[1] > 0), key=lambda p: -p[0])
+    failed = sorted((p for p in points if p[1] <= 0), key=lambda p: p[0])
+    if certified and failed:
+        (e0, m0), (e1, m1) = certified[0], failed[0]
+    elif len(failed) >= 2:
+        (e0, m0), (e1, m1) = failed[0], failed[1]
+    elif len(certified) >= 2:
+        (e0, m0), (e1, m1) = certified[1], certified[0]
+    else:
+        return None
+    if not (e1 != e0 and (m0 - m1) / (e1 - e0) > 0):  # the bound must decrease as ε grows
+        return None
+    root = e0 + m0 * (e1 - e0) / (m0 - m1)
+    return root if lo < root < hi else None
+
+
+def _search(lo: float, hi: float | None, tol: float, cap: float, norm: Norm
+            ) -> Generator[float, tuple[str | None, float | None], _Found]:
+    """One sample's radius search: yields each ε to try, receives what certified it (None: nothing) and the margin
+    lower bound found there; returns ``(lo, hi, who, steps)``. Brackets with lo > hi return at once (inconsistent).
+
+    Without an upper end it gallops up from the lower end (doubling, or jumping to where the margins extrapolate to
+    0) until certification fails. Then it closes the bracket to the relative tolerance. It estimates where the margin bound crosses 0 from the margins already seen
+    (:func:`_root_estimate`; the bound is close to linear in ε near the radius) and probes just below that estimate,
+    then just above it, so that two computations usually close the bracket, where bisection needs about
+    log2(1/tol). It falls back to a halving when there is no estimate or two steps have not halved the bracket.
+    """
     if hi is not None and lo > hi:
         return lo, hi, None, 0
     who: str | None = "lower-bracket" if lo > 0 else None
+    points: list[tuple[float, float]] = []  # (ε, margin bound there)
     eps = min(2 * lo if lo > 0 else _START[norm], cap)
     if hi is not None:
         eps = min(eps, (lo + hi) / 2)
     steps = 0
-    while steps < _MAX_STEPS and (hi is None or hi > 4 * max(lo, _START[norm])):
+    while steps < _MAX_STEPS and hi is None:  # no upper end (no attack radius): find one
         steps += 1
-        got = yield eps
+        got, margin = yield eps
+        if margin is not None and math.isfinite(margin):
+            points.append((eps, margin))
         if got is None:
             hi = eps
             break
         lo, who = eps, got
         if eps >= cap or (hi is not None and 2 * eps >= hi):
             break
-        eps = min(2 * eps, cap)
+        # double, or jump up to 4× towards where the margins seen so far extrapolate to 0
+        ahead = _root_estimate(points, lo, math.inf)
+        eps = min(max(2 * eps, min(ahead, 4 * eps)) if ahead is not None else 2 * eps, cap)
+    below = True
+    widths: list[float] = []
     while hi is not None and hi - lo > tol * hi and hi >= 1e-6 and steps < _MAX_STEPS:
         steps += 1
-        mid = (lo + hi) / 2
-        got = yield mid
-        if got is None:
-            hi = mid
+        width = hi - lo
+        stalled = len(widths) >= 2 and width > widths[-2] / 2
+        estimate = None if stalled else _root_estimate(points, lo, hi)
+        if estimate is None:
+            probe = (lo + hi) / 2
+            widths.clear()
         else:
-            lo, who = mid, got
+            shift = 0.45 * tol * hi
+            probe = min(max(estimate - shift if below else estimate + shift, lo + 0.02 * width), hi - 0.02 * width)
+            below = not below
+        widths.append(width)
+        got, margin = yield probe
+        if margin is not None and math.isfinite(margin):
+            points.append((probe, margin))
+        if got is None:
+            hi = probe
+        else:
+            lo, who = probe, got
     return lo, hi, who, steps
