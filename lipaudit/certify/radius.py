@@ -281,10 +281,11 @@ def _search(lo: float, hi: float | None, tol: float, cap: float, norm: Norm
     lower bound found there; returns ``(lo, hi, who, steps)``. Brackets with lo > hi return at once (inconsistent).
 
     Without an upper end it gallops up from the lower end (doubling, or jumping to where the margins extrapolate to
-    0) until certification fails. Then it closes the bracket to the relative tolerance. It estimates where the margin bound crosses 0 from the margins already seen
-    (:func:`_root_estimate`; the bound is close to linear in ε near the radius) and probes just below that estimate,
-    then just above it, so that two computations usually close the bracket, where bisection needs about
-    log2(1/tol). It falls back to a halving when there is no estimate or two steps have not halved the bracket.
+    0) until certification fails. Then it closes the bracket to the relative tolerance. It estimates where the
+    margin bound crosses 0 from the margins already seen (:func:`_root_estimate`; the bound is close to linear in ε
+    near the radius) and probes just below that estimate, then just above it, so that two computations usually
+    close the bracket, where bisection needs about log2(1/tol). It falls back to a halving when there is no estimate
+    or two steps have not halved the bracket.
     """
     if hi is not None and lo > hi:
         return lo, hi, None, 0
