@@ -51,6 +51,8 @@ bench: setup
 	$(PY) benchmarks/attacks.py
 	$(PY) -m benchmarks.certify
 	$(PY) -m benchmarks.bab
+	$(PY) -m benchmarks.speed
+	$(PY) -m benchmarks.pipeline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
