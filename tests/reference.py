@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -175,10 +176,16 @@ def milp_min_margin(net: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor
         for j, v in coeffs.items():
             mat[r, j] += v
         lo_c[r], hi_c[r] = lo_r, hi_r
-    for presolve in (True, False):  # HiGHS occasionally reports a numerical "solve error" that presolve causes
-        res = milp(objective, constraints=LinearConstraint(mat, lo_c, hi_c), integrality=np.array(integrality),
-                   bounds=Bounds(np.array(var_lo), np.array(var_hi)),
-                   options={"mip_rel_gap": 0, "time_limit": 60, "presolve": presolve})
+    # HiGHS occasionally reports a numerical "solve error": without presolve, or with a tighter MIP feasibility
+    # tolerance (an option scipy passes to HiGHS verbatim, with a warning), the same problem solves
+    attempts: list[dict[str, object]] = [{"presolve": True}, {"presolve": False},
+                                         {"presolve": True, "mip_feasibility_tolerance": 1e-7}]
+    for extra in attempts:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unrecognized options detected", category=RuntimeWarning)
+            res = milp(objective, constraints=LinearConstraint(mat, lo_c, hi_c), integrality=np.array(integrality),
+                       bounds=Bounds(np.array(var_lo), np.array(var_hi)),
+                       options={"mip_rel_gap": 0, "time_limit": 60, **extra})
         if res.status == 0:
             break
     if res.status != 0:
