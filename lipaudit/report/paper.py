@@ -144,9 +144,13 @@ def _accuracy_svg(summary: Mapping[str, Any], table: Sequence[Mapping[str, Any]]
     for k, (label, get) in enumerate(series):
         ivs = [get(m) for m in table]
         est = np.array([np.nan if iv["estimate"] is None else 100 * iv["estimate"] for iv in ivs])
-        err = np.array([0.0 if iv["low"] is None else 100 * (iv["high"] - iv["low"]) / 2 for iv in ivs])
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, est, width, yerr=err, capsize=2, label=label,
+        # the interval's ends, clipped to the possible range [0, 100] for display (the tables keep the raw ends)
+        low = np.array([e if iv["low"] is None else max(100 * iv["low"], 0.0) for e, iv in zip(est, ivs)])
+        high = np.array([e if iv["high"] is None else min(100 * iv["high"], 100.0) for e, iv in zip(est, ivs)])
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, est, width,
+               yerr=np.clip(np.stack([est - low, high - est]), 0.0, None), capsize=2, label=label,
                color=plots.PALETTE[k % len(plots.PALETTE)])
+    ax.set_ylim(0, 102)
     ax.set_xticks(x, [f"{m['arch']} · {m['setup']}" for m in table], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("accuracy % (mean, 95% CI over seeds)")
     plots._legend(ax, frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
