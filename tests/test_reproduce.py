@@ -86,8 +86,11 @@ def test_bad_subsets_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[s
         run_reproduction(MNIST, tmp_path, seeds=[0], archs=["vgg16"], train_and_audit=_Stub())
     with pytest.raises(UsageError, match="include plain"):
         run_reproduction(MNIST, tmp_path, seeds=[0], setups=["pgd-at"], train_and_audit=_Stub())
-    code, output = _cli(["reproduce", "--preset", "paper", "--out", str(tmp_path)], capsys)
-    assert code == 2 and "--data" in output and "Traceback" not in output and len(output.strip().splitlines()) == 1
+    for args, cause in ((["--preset", "paper"], "--data"), (["--width", "4"], "width factor"),
+                        (["--seed-list", "1,x"], "integers"), (["--archs", "vgg16"], "architectures among")):
+        code, output = _cli(["reproduce", "--out", str(tmp_path), *args], capsys)
+        assert code == 2 and cause in output and "Traceback" not in output, (args, output)
+        assert len(output.strip().splitlines()) == 1
 
 
 def _cifar_folder(root: Path, per_batch: int = 12) -> Path:
