@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lipaudit.audit.result import atomic_write_text
-from lipaudit.claims import claims_table
+from lipaudit.claims import claims_table, per_layer_ratios
 from lipaudit.errors import UsageError
 from lipaudit.experiments import Protocol, Setup, model_record, paper_grid
 
@@ -124,9 +124,17 @@ def run_reproduction(protocol: Protocol, out: Path, *, seeds: Sequence[int], arc
 
 def summarise(protocol: Protocol, records: Sequence[dict[str, Any]], *, seeds: Sequence[int],
               archs: Sequence[str], quick: bool = False) -> dict[str, Any]:
-    """The claims table and the records, with the settings that produced them."""
+    """The claims table, claim (iv) per layer (log10 ratio of each adversarially trained model's layer norm to the
+    plain model's, paired by seed), and the records, with the settings that produced them."""
+    layer_ratios = [
+        {"arch": arch, "setup": setup, "norm": norm, **row}
+        for arch in archs
+        for setup in dict.fromkeys(r["setup"] for r in records if r["arch"] == arch and r["group"] == "adversarial")
+        for norm in ("l1", "l2", "linf")
+        for row in per_layer_ratios(records, arch, setup, norm)
+    ]
     return {
         "protocol": protocol.to_dict(), "seeds": list(seeds), "archs": list(archs), "quick": quick,
         "claims": claims_table(records, small_eps=protocol.small_eps, adv_eps=protocol.adv_eps),
-        "models": list(records),
+        "layer_ratios": layer_ratios, "models": list(records),
     }

@@ -79,6 +79,9 @@ def test_a_second_run_recomputes_only_the_missing_models(tmp_path: Path) -> None
     assert md.count("| (i) ") == 4 and "| (v) " in md
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["seeds"] == [0, 1, 2] and len(saved["models"]) == 3 * n_setups
+    per_layer = saved["layer_ratios"]  # claim (iv) per layer: every adversarial set-up × norm × weighted layer
+    assert {r["setup"] for r in per_layer} == {"pgd-at", "trades", "alp"} and len(per_layer) == 3 * 3 * 2
+    assert all(r["n"] == 3 for r in per_layer) and "per layer" in page
 
 
 def test_bad_subsets_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

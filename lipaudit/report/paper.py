@@ -189,7 +189,7 @@ def render_paper_summary(summary: Mapping[str, Any]) -> str:
     eps_keys = [repr(float(e)) for e in summary["protocol"]["eval_eps"]]
     return report_environment().get_template("paper.html.j2").render(
         s=summary, claims=claims, counts=counts, table=table, figs=figs, css=css, eps_keys=eps_keys, pm=_pm,
-        float=float)
+        float=float, cell=lambda r: claim_cells({**r, "scale": "log10 ratio"}))
 
 
 def write_paper_summary(summary: Mapping[str, Any], out: str | Path) -> None:
