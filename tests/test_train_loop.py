@@ -264,3 +264,19 @@ def test_learning_rate_schedule_and_bad_settings() -> None:
                 {"lr_milestones": (0,)}, {"lr_gamma": 0.0}):
         with pytest.raises(UsageError, match="but got"):
             TrainConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_cli_train_hold_out_schedule_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, state = tmp_path / "m.pt", tmp_path / "state.pt"
+    args = ["train", "--data", "digits", "--arch", "lipaudit.zoo:tiny_cnn", "--epochs", "3", "--n-train", "200",
+            "--val-fraction", "0.25", "--patience", "2", "--lr-milestones", "2", "--augment", "--resume", str(state),
+            "--no-progress", "-o", str(out)]
+    code, stdout, _ = _cli(args, capsys)
+    assert code == 0 and "kept (best held-out accuracy)" in stdout and state.is_file()
+    log = torch.load(out, weights_only=True)["train"]
+    assert log["config"]["val_fraction"] == 0.25 and log["config"]["lr_milestones"] == [2]
+    assert log["data"]["held_out"] == 50 and 1 <= log["final"]["epoch"] <= 3
+    code, again, _ = _cli(args, capsys)  # the finished state is resumed: nothing retrained, the same result
+    assert code == 0 and again == stdout
+    code, _, err = _cli([*args[:-2], "-o", str(out), "--epochs", "4"], capsys)
+    assert code != 0 and "other settings" in err and "Traceback" not in err

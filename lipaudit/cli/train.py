@@ -80,6 +80,15 @@ def resolve_arch(spec: str, input_shape: tuple[int, ...], num_classes: int) -> t
 @click.option("--adv-step-size", type=float, default=None, help="Attack step (default 2.5·ε/steps).")
 @click.option("--trades-beta", type=float, default=6.0, show_default=True)
 @click.option("--alp-lambda", type=float, default=0.5, show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Hold out this share of the training set; keep the epoch of best held-out accuracy.")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="With --val-fraction: stop after this many epochs without improvement.")
+@click.option("--lr-milestones", default=None, metavar="E1,E2,..",
+              help="Epochs after which the learning rate is divided by 10.")
+@click.option("--augment", is_flag=True, help="Random crops (4-pixel padding) and horizontal flips.")
+@click.option("--resume", "resume", default=None, type=click.Path(dir_okay=False),
+              help="Training-state file, saved every epoch; an existing one of the same settings is resumed.")
 @click.option("--mean", default=None, type=FLOATS,
               help="Per-channel normalisation mean (comma-separated), stored in the file.")
 @click.option("--std", default=None, type=FLOATS, help="Per-channel normalisation std (comma-separated).")
@@ -91,6 +100,7 @@ def train(data_spec: str, arch: str, epochs: int, lr: float, momentum: float, ba
           n_train: int | None, n_test: int | None, norm_decay: tuple[Any, float] | None, norm_decay_momentum: float,
           weight_decay: float, svc: tuple[float, int] | None, adv: str | None, eps: float | None, adv_norm: Any,
           adv_steps: int, adv_step_size: float | None, trades_beta: float, alp_lambda: float,
+          val_fraction: float, patience: int | None, lr_milestones: str | None, augment: bool, resume: str | None,
           mean: tuple[float, ...] | None, std: tuple[float, ...] | None, device: str, output: str,
           log_path: str | None, progress: bool | None) -> None:
     """Train a classifier and save a lipaudit checkpoint with a per-epoch log of every layer's norms.
@@ -113,10 +123,16 @@ def train(data_spec: str, arch: str, epochs: int, lr: float, momentum: float, ba
                                         step_size=adv_step_size, trades_beta=trades_beta, alp_lambda=alp_lambda)
     elif eps is not None:
         raise UsageError(f"Expected --eps only together with --adv but got --eps {eps!r} alone")
+    try:
+        milestones = tuple(int(m) for m in lr_milestones.split(",") if m.strip()) if lr_milestones else ()
+    except ValueError:
+        raise click.BadParameter(f"Expected comma-separated epochs but got {lr_milestones!r}",
+                                 param_hint="--lr-milestones") from None
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, batch_size=batch_size, seed=seed,
                          weight_decay=weight_decay,
                          norm_decay=norm_decay, norm_decay_momentum=norm_decay_momentum, svc=svc,
-                         adversarial=adversarial)
+                         adversarial=adversarial, val_fraction=val_fraction, patience=patience,
+                         lr_milestones=milestones, augment=augment)
     mean_v, std_v = mean, std
     if (mean_v is None) != (std_v is None):
         raise click.BadParameter(f"Expected both --mean and --std or neither but got --mean {mean!r}, --std {std!r}",
@@ -130,7 +146,7 @@ def train(data_spec: str, arch: str, epochs: int, lr: float, momentum: float, ba
     model = model.to(torch.device(device))
     bars = tqdm_progress(progress)
     try:
-        result = train_model(model, train_set, config, test=test_set, progress=bars)
+        result = train_model(model, train_set, config, test=test_set, progress=bars, resume=resume)
     finally:
         bars.close()
     log = result.to_dict()
@@ -139,7 +155,10 @@ def train(data_spec: str, arch: str, epochs: int, lr: float, momentum: float, ba
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         Path(log_path).write_text(json.dumps(log, indent=1, allow_nan=False) + "\n")
-    last = result.epochs[-1]
-    test_text = "n/a" if last.test_accuracy is None else f"{last.test_accuracy:.4f}"
-    click.echo(f"saved {output}: {base} trained {epochs} epoch(s) on {train_set.name} (n={len(train_set)}); "
-               f"clean train accuracy {last.train_accuracy:.4f}, test accuracy {test_text}")
+    kept = result.chosen
+    test_text = "n/a" if kept.test_accuracy is None else f"{kept.test_accuracy:.4f}"
+    ran = result.epochs[-1].epoch
+    which = f"epoch {result.chosen_epoch} of {ran} kept (best held-out accuracy)" if config.val_fraction else \
+        f"trained {ran} epoch(s)"
+    click.echo(f"saved {output}: {base} {which} on {train_set.name} (n={len(train_set)}); "
+               f"clean train accuracy {kept.train_accuracy:.4f}, test accuracy {test_text}")
