@@ -121,7 +121,7 @@ def claims_table(records: Sequence[Mapping[str, Any]], *, small_eps: float, adv_
                                  note=f"{smaller} of {len(layers)} layers clearly below {COMPARABLE}×"))
         members = [r for r in records if r["arch"] == arch and r["robust"].get(big) is not None]
         for norm in ("l1", "linf"):
-            usable = [r for r in members if math.isfinite(r["log_norm"][norm])]
+            usable = [r for r in members if r["log_norm"][norm] is not None and math.isfinite(r["log_norm"][norm])]
             iv = spearman_interval([r["log_norm"][norm] for r in usable], [r["robust"][big] for r in usable],
                                    confidence)
             rows.append(_row("v", arch, f"all {len(usable)} models", f"ρ(mean log10 ‖W‖ {norm}, robust ε="

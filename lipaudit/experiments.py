@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from lipaudit._json import finite_or_none
 from lipaudit.train.adversarial import AdversarialConfig, AdvMethod
 from lipaudit.train.loop import TrainConfig
 from lipaudit.types import Method, Norm
@@ -197,7 +198,8 @@ def model_record(arch: str, setup: Setup, seed: int, result: Mapping[str, Any], 
                  report_href: str | None = None) -> dict[str, Any]:
     """The numbers the claims are computed from, for one trained and audited model.
 
-    Norms: the mean log10 operator norm of the conv/linear layers per norm, and each such layer's log10 norm.
+    Norms: the mean log10 operator norm of the conv/linear layers per norm (None when no layer has that norm), and
+    each such layer's log10 norm.
     ``clean``: clean accuracy on the whole test split (from training); ``robust``/``certified``: the attack
     ensemble's worst case and the best certificate per ε on the audited points.
     """
@@ -207,7 +209,7 @@ def model_record(arch: str, setup: Setup, seed: int, result: Mapping[str, Any], 
     return {
         "arch": arch, "setup": setup.name, "group": setup.group, "seed": seed,
         "targets": None if setup.targets is None else _TARGET_KEYS[setup.targets],
-        "log_norm": {p: _mean_log_norm(result["layers"], key) for p, key in _NORM_KEYS.items()},
+        "log_norm": {p: finite_or_none(_mean_log_norm(result["layers"], key)) for p, key in _NORM_KEYS.items()},
         "layer_log_norms": {p: {str(layer["name"]): math.log10(float(layer[key])) for layer in layers
                                 if layer.get(key)} for p, key in _NORM_KEYS.items()},
         "clean": final.get("test_accuracy"),

@@ -1,10 +1,10 @@
 """Run a protocol's grid over seeds and architectures, resumably, and summarise it into the claims table.
 
-Layout under the output folder: ``ARCH/seedK/SETUP.{pt,html,json}`` per model, ``ARCH/seedK/SETUP.record.json``
-(the numbers the claims read, written last: a model with a record is done), ``ARCH/seedK/.SETUP.state.pt`` (the
-training state, saved every epoch), ``ARCH/seedK/index.html`` (that seed's models side by side), and at the top
-``summary.json``, ``summary.md`` and ``index.html``. Running the same command again skips every finished model and
-resumes an interrupted training from its last epoch.
+Layout under the output folder: ``ARCH/seedK/SETUP.{pt,html,json}`` per model; ``ARCH/seedK/SETUP.record.json``
+(the numbers the claims read, written last: a model with a record is done); ``ARCH/seedK/.SETUP.HASH.state.pt``
+(the training state, saved every epoch, named by a hash of the settings); ``ARCH/seedK/index.html`` (that seed's
+models side by side); and at the top ``summary.json``, ``summary.md`` and ``index.html``. Running the same command
+again skips every finished model and resumes an interrupted training from its last epoch.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ def record_key(protocol: Protocol, arch: str, setup: Setup) -> dict[str, Any]:
     del settings["notes"]
     return {"version": RECORD_VERSION, "protocol": settings, "arch": arch, "setup": setup.name,
             "config": setup.config.to_dict()}
+
+
+def _digest(key: dict[str, Any]) -> str:
+    """A short name for the settings of a record: the training state of other settings lives in another file."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _load_record(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -64,13 +71,13 @@ def run_reproduction(protocol: Protocol, out: Path, *, seeds: Sequence[int], arc
         from lipaudit.cli._pipeline import train_and_audit as pipeline
 
         train_and_audit = pipeline
-    chosen = tuple(archs) if archs else protocol.arch_names
+    chosen = tuple(dict.fromkeys(archs)) if archs else protocol.arch_names  # a name given twice counts once
     unknown = [a for a in chosen if a not in protocol.arch_names]
     if unknown:
         raise UsageError(f"Expected architectures among {', '.join(protocol.arch_names)} but got "
                          f"{', '.join(unknown)}")
-    if not seeds:
-        raise UsageError("Expected at least one seed")
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UsageError(f"Expected distinct seeds >= 0 but got {list(seeds)!r}")
     names = [s.name for s in paper_grid(protocol, 0, quick=quick)]
     wanted = set(setups) if setups else set(names)
     if wanted - set(names):
@@ -98,7 +105,8 @@ def run_reproduction(protocol: Protocol, out: Path, *, seeds: Sequence[int], arc
                         attack_steps=protocol.attack_steps, attack_targets=protocol.attack_targets,
                         trained_by=trained_by, arch=f"lipaudit.zoo:{arch}", arch_kwargs=protocol.arch_kwargs(arch),
                         data=protocol.data, mean=protocol.mean, std=protocol.std,
-                        methods=protocol.methods_for(arch), device=device, resume=folder / f".{setup.name}.state.pt")
+                        methods=protocol.methods_for(arch), device=device,
+                        resume=folder / f".{setup.name}.{_digest(key)}.state.pt")
                     record = model_record(arch, setup, seed, result, train_log,
                                           report_href=f"{arch}/seed{seed}/{setup.name}.html")
                     record["seconds"] = time.perf_counter() - began

@@ -8,6 +8,7 @@ an interrupted one and a bug in lipaudit's own code are each shown to do what th
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import pytest
@@ -304,10 +305,12 @@ class _Clocked:
         from lipaudit.certify.driver import Outcome
 
         self.calls.append(method)
-        self.clock[0] += self.seconds[method]
-        over = self.seconds[method] > self.options.time_budget_s
-        return [dataclasses.make_dataclass("O", [("status", Any), ("message", Any)])(
-            Outcome.TIMEOUT if over else Outcome.NOT_CERTIFIED, None) for _ in range(x.shape[0])]
+        failed = math.isnan(self.seconds[method])  # NaN: the method raises at once, taking no time
+        self.clock[0] += 0.0 if failed else self.seconds[method]
+        over = not failed and self.seconds[method] > self.options.time_budget_s
+        status = Outcome.ERROR if failed else Outcome.TIMEOUT if over else Outcome.NOT_CERTIFIED
+        return [dataclasses.make_dataclass("O", [("status", Any), ("message", Any)])(status, None)
+                for _ in range(x.shape[0])]
 
 
 @pytest.mark.parametrize(("seconds", "kept"), [
@@ -315,6 +318,7 @@ class _Clocked:
     ({Method.CROWN: 5.0, Method.CROWN_IBP: 0.01}, Method.CROWN_IBP),
     ({Method.CROWN: 500.0, Method.CROWN_IBP: 0.01}, Method.CROWN_IBP),  # over the probe's limit: a timeout
     ({Method.CROWN: 5.0, Method.CROWN_IBP: 3.0}, Method.IBP),
+    ({Method.CROWN: math.nan, Method.CROWN_IBP: 0.01}, Method.CROWN_IBP),  # fails at once: not "cheap"
 ])
 def test_auto_methods_follow_the_measured_cost(monkeypatch: pytest.MonkeyPatch, seconds: dict[Method, float],
                                                kept: Method) -> None:

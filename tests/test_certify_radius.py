@@ -191,3 +191,10 @@ def test_batched_search_gives_the_per_sample_radii(method: Method) -> None:
         assert a.computations == b.computations  # the same search, step for step
     with pytest.raises(UsageError, match="per-sample boxes"):
         certified_radius(net, x, y, "2", method, batched=True)
+
+
+def test_a_lower_bracket_beyond_the_largest_radius_tried_is_kept() -> None:
+    net, x, y = _setup()
+    result = certified_radius(net, x[:1], y[:1], "inf", "IBP", lower=torch.tensor([0.3]), max_radius=0.2)
+    assert result.status == ("ok",) and result.method_used == ("lower-bracket",)
+    assert result.radius[0] == pytest.approx(0.3)

@@ -90,7 +90,9 @@ def test_bad_subsets_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[s
     with pytest.raises(UsageError, match="include plain"):
         run_reproduction(MNIST, tmp_path, seeds=[0], setups=["pgd-at"], train_and_audit=_Stub())
     for args, cause in ((["--preset", "paper"], "--data"), (["--width", "4"], "width factor"),
-                        (["--seed-list", "1,x"], "integers"), (["--archs", "vgg16"], "architectures among")):
+                        (["--seed-list", "1,x"], "integers"), (["--seed-list=-1"], ">= 0"),
+                        (["--archs", "vgg16"], "architectures among"), (["--width", "2", "--archs", "vgg16"],
+                                                                         "architectures among")):
         code, output = _cli(["reproduce", "--out", str(tmp_path), *args], capsys)
         assert code == 2 and cause in output and "Traceback" not in output, (args, output)
         assert len(output.strip().splitlines()) == 1
@@ -122,9 +124,45 @@ def test_preset_paper_runs_end_to_end_at_toy_size(tmp_path: Path, capsys: pytest
     for arch in ("vgg16", "resnet18"):
         report = json.loads((out / arch / "seed0" / "pgd-at.json").read_text())
         assert report["threat_model"]["eps"] == pytest.approx([1 / 255, 8 / 255])
-        assert (out / arch / "seed1" / ".pgd-at.state.pt").is_file()  # per-epoch training state, for resuming
+        assert len(list((out / arch / "seed1").glob(".pgd-at.*.state.pt"))) == 1  # per-epoch training state
         assert (out / arch / "seed0" / "index.html").is_file()
     rows = [r for r in summary["claims"] if r["claim"] == "iv"]
     assert len(rows) == 6 and all(r["n"] == 2 for r in rows)
     code, output = _cli(args, capsys)
     assert code == 0 and "0 trained now, 8 reused" in output
+
+
+def test_settings_get_their_own_training_state_and_inputs_are_cleaned(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    seen: list[Path] = []
+
+    class _Recording(_Stub):
+        def __call__(self, name: str, config: Any, folder: Path, **kwargs: Any) -> Any:
+            seen.append(kwargs["resume"])
+            return super().__call__(name, config, folder, **kwargs)
+
+    run_reproduction(MNIST, tmp_path, seeds=[0], archs=["small_cnn", "small_cnn"], setups=["plain"],
+                     train_and_audit=_Recording(), log=lambda _: None)
+    assert len(seen) == 1  # an architecture named twice counts once
+    run_reproduction(replace(MNIST, n_train=500), tmp_path, seeds=[0], archs=["small_cnn"], setups=["plain"],
+                     train_and_audit=_Recording(), log=lambda _: None)
+    assert len(seen) == 2 and seen[0] != seen[1] and seen[0].parent == seen[1].parent  # no stale state reused
+    with pytest.raises(UsageError, match="seeds >= 0"):
+        run_reproduction(MNIST, tmp_path, seeds=[-1], train_and_audit=_Stub())
+
+
+def test_a_model_without_some_norm_gets_a_null_not_a_nan() -> None:
+    import json
+
+    from lipaudit.claims import claims_table
+    from lipaudit.experiments import model_record
+
+    result = _fake_result("plain", 0)
+    for layer in result["layers"]:
+        layer["l2_upper"] = None
+    setup = paper_grid(MNIST, 0)[0]
+    record = model_record("small_cnn", setup, 0, result, {"final": {"test_accuracy": 0.9}})
+    assert record["log_norm"]["l2"] is None
+    json.dumps(record, allow_nan=False)
+    claims_table([record], small_eps=0.02, adv_eps=0.1)

@@ -280,3 +280,17 @@ def test_cli_train_hold_out_schedule_and_resume(tmp_path: Path, capsys: pytest.C
     assert code == 0 and again == stdout
     code, _, err = _cli([*args[:-2], "-o", str(out), "--epochs", "4"], capsys)
     assert code != 0 and "other settings" in err and "Traceback" not in err
+
+
+def test_a_training_state_resumes_only_the_same_data_and_model(tmp_path: Path,
+                                                                 digits: tuple[Dataset, Dataset]) -> None:
+    train, _ = digits
+    config = TrainConfig(epochs=1, batch_size=32, seed=0)
+    state = tmp_path / "state.pt"
+    train_model(tiny_cnn(1, 8, 10), train, config, resume=state)
+    fewer = Dataset(train.x[:100], train.y[:100], train.name, train.num_classes, train.split)
+    with pytest.raises(DataError, match="other settings"):
+        train_model(tiny_cnn(1, 8, 10), fewer, config, resume=state)  # other data
+    wider = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+    with pytest.raises(DataError, match="other settings"):
+        train_model(wider, train, config, resume=state)  # another model: no size-mismatch traceback

@@ -290,6 +290,8 @@ def _search(lo: float, hi: float | None, tol: float, cap: float, norm: Norm
     if hi is not None and lo > hi:
         return lo, hi, None, 0
     who: str | None = "lower-bracket" if lo > 0 else None
+    if lo >= cap:  # certified by other means beyond the largest ε tried: nothing to search
+        return lo, hi, who, 0
     points: list[tuple[float, float]] = []  # (ε, margin bound there)
     eps = min(2 * lo if lo > 0 else _START[norm], cap)
     if hi is not None:

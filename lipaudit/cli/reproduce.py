@@ -16,8 +16,8 @@ def _ints(text: str) -> tuple[int, ...]:
         values = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise click.BadParameter(f"Expected comma-separated integers but got {text!r}") from None
-    if not values or len(set(values)) != len(values):
-        raise click.BadParameter(f"Expected distinct comma-separated integers but got {text!r}")
+    if not values or len(set(values)) != len(values) or min(values) < 0:
+        raise click.BadParameter(f"Expected distinct comma-separated integers >= 0 but got {text!r}")
     return values
 
 
@@ -78,8 +78,8 @@ def reproduce(preset: str, data: str | None, out: str, seeds: int, seed_list: st
 
         from lipaudit import zoo
 
-        fixed = [a for a in (chosen or protocol.arch_names)
-                 if "width" not in inspect.signature(getattr(zoo, a, lambda: None)).parameters]
+        fixed = [a for a in (chosen or protocol.arch_names) if a in protocol.arch_names  # unknown names: refused
+                 and "width" not in inspect.signature(getattr(zoo, a)).parameters]       # by run_reproduction
         if fixed:
             raise UsageError(f"Expected --width only for architectures with a width factor, but {', '.join(fixed)} "
                              "has none; leave out --width or pick others with --archs")

@@ -15,7 +15,8 @@ operator is still small enough (a side of at most :data:`GRAM_SIDE_LIMIT`).
 The bracket: the top eigenpair of the Gram matrix (LAPACK for sides up to :data:`EIGH_SIDE`, ARPACK's Lanczos
 above); the lower end is ``‖Mv‖/‖v‖`` (or ``‖Mᵀv‖/‖v‖``) for that vector, evaluated with the layer itself; the upper
 end is certified by a Cholesky factorisation of ``μI − G`` at ``μ = λ(1 + tol/2)`` (it exists only if every
-eigenvalue of G is below μ). Rounding: Cholesky is backward stable (a perturbation of at most ``(n+2)·u·μ``), and
+eigenvalue of G is below μ). Rounding: a factorisation that succeeds proves definiteness up to a perturbation of
+at most ``γ_{n+1}·trace(μI − G) ≈ n²·u·μ`` (Demmel), and
 each Gram entry sums at most ``T·c`` products, off by at most ``T·c·u`` times the entries of ``|M|ᵀ|M|``, whose norm
 is at most ``‖M‖₁‖M‖∞`` (known exactly); both are added to μ before the square root.
 """
@@ -125,7 +126,10 @@ def gram_bracket(weight: torch.Tensor, geom: ConvGeometry, groups: int, l1: floa
     size = gram.shape[-1]
     values, vectors = [], []
     for g in range(gram.shape[0]):
-        value, vector = _top_eigenpair(gram[g], tol / 50)
+        found = _top_eigenpair(gram[g], tol / 50)
+        if found is None:
+            return None  # the eigensolver did not converge: the caller keeps its other bounds
+        value, vector = found
         values.append(value)
         vectors.append(vector)
     best = int(np.argmax(values))
@@ -136,7 +140,10 @@ def gram_bracket(weight: torch.Tensor, geom: ConvGeometry, groups: int, l1: floa
     terms = math.prod(a.k for a in geom.axes) ** 2 * max(w.shape[0], w.shape[1]) * max(
         math.prod(geom.input_size), math.prod(geom.output_size))
     unit = float(torch.finfo(torch.float64).eps)
-    slack = (size + 2) * unit * lam * 2 + terms * unit * l1 * linf
+    # a Cholesky factorisation (or eigh) that succeeds proves μI − G ⪰ 0 up to a perturbation of at most
+    # γ_{n+1}·trace(μI − G) ≤ (n+1)·u/(1−(n+1)u)·n·μ (Demmel), and each Gram entry is off by at most γ_terms times
+    # the entries of |M|ᵀ|M|, whose norm is at most ‖M‖₁‖M‖∞; both are added before the square root
+    slack = 2 * (size + 1) ** 2 * unit * lam * (1.0 + 1e-3) + 2 * terms * unit * l1 * linf
     if size <= EIGH_SIDE:  # LAPACK's Hermitian eigensolver is backward stable: λ within (n+2)·u·‖G‖ of the truth
         upper = safe_upper(math.sqrt(lam + slack))
         return SpectralBracket(min(lower, upper), upper, "gram")
@@ -153,14 +160,18 @@ def gram_bracket(weight: torch.Tensor, geom: ConvGeometry, groups: int, l1: floa
     return None
 
 
-def _top_eigenpair(gram: torch.Tensor, tol: float) -> tuple[float, torch.Tensor]:
-    """The largest eigenvalue of a symmetric PSD matrix (to about ``tol`` relative) and its eigenvector."""
+def _top_eigenpair(gram: torch.Tensor, tol: float) -> tuple[float, torch.Tensor] | None:
+    """The largest eigenvalue of a symmetric PSD matrix (to about ``tol`` relative) and its eigenvector; None when
+    the eigensolver does not converge."""
     if gram.shape[0] <= EIGH_SIDE:
         evals, evecs = torch.linalg.eigh(gram)
         return float(evals[-1]), evecs[:, -1]
-    from scipy.sparse.linalg import eigsh
+    from scipy.sparse.linalg import ArpackError, eigsh
 
-    value, vector = eigsh(gram.numpy(), k=1, which="LA", tol=tol, ncv=24)
+    try:
+        value, vector = eigsh(gram.numpy(), k=1, which="LA", tol=tol, ncv=24)
+    except ArpackError:  # ArpackNoConvergence included
+        return None
     return float(value[0]), torch.from_numpy(vector[:, 0])
 
 

@@ -166,7 +166,7 @@ def _scatter_svg(summary: Mapping[str, Any]) -> str:
     for arch_k, arch in enumerate(summary["archs"]):
         for g_k, group in enumerate(groups):
             ms = [m for m in summary["models"] if m["arch"] == arch and m["group"] == group
-                  and m["robust"].get(key) is not None and math.isfinite(m["log_norm"]["linf"])]
+                  and m["robust"].get(key) is not None and m["log_norm"]["linf"] is not None]
             if ms:
                 ax.scatter([m["log_norm"]["linf"] for m in ms], [100 * m["robust"][key] for m in ms], s=20,
                            color=plots.PALETTE[g_k], marker=plots.MARKERS[arch_k], label=f"{arch} · {group}",

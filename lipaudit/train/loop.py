@@ -312,8 +312,11 @@ def _lr_at(config: TrainConfig, epoch: int) -> float:
     return config.lr * config.lr_gamma ** sum(epoch > m for m in config.lr_milestones)
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Tensor]:
-    return {"shuffle": gen.get_state(), "torch": torch.get_rng_state()}
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"shuffle": gen.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def train_model(
@@ -378,7 +381,9 @@ def train_model(
         report("evaluate", epoch, config.epochs)
         return EpochLog(epoch, loss, train_acc, test_acc, seconds, layers, error, val_acc)
 
-    key = config.to_dict()
+    # the state resumes only the same run: the settings, the data and the model's parameter shapes
+    key = {"config": config.to_dict(), "data": train.to_dict(),
+           "model": {k: list(v.shape) for k, v in model.state_dict().items()}}
     state_file = Path(resume) if resume is not None else None
     saved = _load_state(state_file, key) if state_file is not None else None
     if saved is not None:
@@ -390,6 +395,8 @@ def train_model(
             svc.count = int(saved["svc_count"])
         gen.set_state(saved["rng"]["shuffle"])
         torch.set_rng_state(saved["rng"]["torch"])
+        if "cuda" in saved["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         logs = [EpochLog(**{**e, "layers": tuple(e["layers"])}) for e in saved["logs"]]
         best_state, best_val, best_epoch = saved["best_state"], saved["best_val"], int(saved["best_epoch"])
         step, stale, resumed_from = int(saved["step"]), int(saved["stale"]), logs[-1].epoch

@@ -251,7 +251,8 @@ class NormDecay:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore the memories saved by :meth:`state_dict`."""
-        self._memory = {name: g.clone() for name, g in state.items() if name in self.layers}
+        self._memory = {name: g.to(self.layers[name].weight.device).clone()  # type: ignore[arg-type]
+                        for name, g in state.items() if name in self.layers}
 
     def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
         """Run :meth:`step` automatically before every ``optimizer.step()``; ``handle.remove()`` detaches it."""
