@@ -15,8 +15,8 @@ adversarially trained CNNs (PGD-AT, TRADES, ALP) have comparable or larger layer
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lipaudit._json import finite_or_none
@@ -189,11 +189,6 @@ _NORM_KEYS = {"l1": "l1", "l2": "l2_upper", "linf": "linf"}
 _TARGET_KEYS = {Norm.L1: "l1", Norm.L2: "l2", Norm.LINF: "linf"}
 
 
-def _mean_log_norm(layers: Sequence[Mapping[str, Any]], key: str) -> float:
-    vals = [float(layer[key]) for layer in layers if layer.get(key) and layer.get("type") in _WEIGHTED]
-    return sum(math.log10(v) for v in vals) / len(vals) if vals else math.nan
-
-
 def model_record(arch: str, setup: Setup, seed: int, result: Mapping[str, Any], train_log: Mapping[str, Any],
                  report_href: str | None = None) -> dict[str, Any]:
     """The numbers the claims are computed from, for one trained and audited model.
@@ -204,14 +199,15 @@ def model_record(arch: str, setup: Setup, seed: int, result: Mapping[str, Any], 
     ensemble's worst case and the best certificate per ε on the audited points.
     """
     layers = [layer for layer in result["layers"] if layer.get("type") in _WEIGHTED]
+    per_layer = {p: {str(layer["name"]): math.log10(float(layer[key])) for layer in layers if layer.get(key)}
+                 for p, key in _NORM_KEYS.items()}
     final = train_log.get("final", {})
     accuracy = result["accuracy"]
     return {
         "arch": arch, "setup": setup.name, "group": setup.group, "seed": seed,
         "targets": None if setup.targets is None else _TARGET_KEYS[setup.targets],
-        "log_norm": {p: finite_or_none(_mean_log_norm(result["layers"], key)) for p, key in _NORM_KEYS.items()},
-        "layer_log_norms": {p: {str(layer["name"]): math.log10(float(layer[key])) for layer in layers
-                                if layer.get(key)} for p, key in _NORM_KEYS.items()},
+        "log_norm": {p: finite_or_none(sum(v.values()) / len(v)) if v else None for p, v in per_layer.items()},
+        "layer_log_norms": per_layer,
         "clean": final.get("test_accuracy"),
         "audited_clean": accuracy[0]["clean"] if accuracy else None,
         "robust": {repr(float(r["eps"])): r["worst_case"] for r in accuracy},
@@ -221,7 +217,3 @@ def model_record(arch: str, setup: Setup, seed: int, result: Mapping[str, Any], 
         "report": report_href,
     }
 
-
-def with_epochs(protocol: Protocol, epochs: int | None) -> Protocol:
-    """``protocol`` with another ``max_epochs`` (None: unchanged)."""
-    return protocol if epochs is None else replace(protocol, max_epochs=epochs)

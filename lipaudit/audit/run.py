@@ -611,7 +611,8 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
 
 #: Bound computations per sample of a radius bisection (gallop and halvings to the 2% tolerance), for the forecast.
 _RADIUS_CALLS = 10
-_WEAKER = {Method.ALPHA_CROWN: Method.CROWN, Method.CROWN: Method.CROWN_IBP, Method.CROWN_IBP: Method.IBP}
+#: The methods, cheapest (and weakest) first: the order of :class:`Method`.
+_ORDER = tuple(Method)
 
 
 def fit_methods(certifier: Any, x: Tensor, y: Tensor, config: AuditConfig, flags: list[Flag]) -> AuditConfig:
@@ -631,7 +632,7 @@ def fit_methods(certifier: Any, x: Tensor, y: Tensor, config: AuditConfig, flags
         forecast = per_call * calls
         if forecast <= config.certify_budget_s:
             break
-        weaker = _WEAKER[chosen]
+        weaker = _ORDER[_ORDER.index(chosen) - 1]
         cost = (f"over {config.certify_budget_s / 4:.3g} s per bound computation" if math.isinf(per_call) else
                 f"{per_call:.3g} s per bound computation, about {_duration(forecast)} for the audit's {calls}")
         notes.append(f"{chosen} ({cost})")
@@ -645,9 +646,6 @@ def fit_methods(certifier: Any, x: Tensor, y: Tensor, config: AuditConfig, flags
                                    chosen]))
     return dataclasses.replace(config, methods=methods,
                                radius_method=chosen if config.radius is not None else None)
-
-
-_ORDER = [Method.IBP, Method.CROWN_IBP, Method.CROWN, Method.ALPHA_CROWN]
 
 
 def _duration(seconds: float) -> str:

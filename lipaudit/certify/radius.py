@@ -294,8 +294,6 @@ def _search(lo: float, hi: float | None, tol: float, cap: float, norm: Norm
         return lo, hi, who, 0
     points: list[tuple[float, float]] = []  # (ε, margin bound there)
     eps = min(2 * lo if lo > 0 else _START[norm], cap)
-    if hi is not None:
-        eps = min(eps, (lo + hi) / 2)
     steps = 0
     while steps < _MAX_STEPS and hi is None:  # no upper end (no attack radius): find one
         steps += 1
@@ -306,7 +304,7 @@ def _search(lo: float, hi: float | None, tol: float, cap: float, norm: Norm
             hi = eps
             break
         lo, who = eps, got
-        if eps >= cap or (hi is not None and 2 * eps >= hi):
+        if eps >= cap:
             break
         # double, or jump up to 4× towards where the margins seen so far extrapolate to 0
         ahead = _root_estimate(points, lo, math.inf)

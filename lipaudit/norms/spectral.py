@@ -180,6 +180,12 @@ def power_lower(
     return best, v
 
 
+def _attained(apply: LinearMap, y: torch.Tensor) -> float:
+    """``‖My‖/‖y‖``, evaluated with ``apply``: a value the map attains, so a lower bound on its norm."""
+    with torch.no_grad():
+        return float(torch.linalg.vector_norm(apply(y))) / max(float(torch.linalg.vector_norm(y)), 1e-300)
+
+
 def _normal(apply: LinearMap, x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(MᵀM x, ‖M x‖)`` with the adjoint from autograd."""
     x = x.detach().requires_grad_(True)
@@ -286,9 +292,7 @@ def spectral_bracket(
     else:
         _, vec = lanczos_lower(fast_apply, in_shape, dtype=torch.float32, device=device, upper=upper, tol=tol,
                                max_iter=max_iter, init=init)
-        y = vec.to(dtype).reshape(1, *in_shape)
-        with torch.no_grad():
-            lower = float(torch.linalg.vector_norm(apply(y))) / max(float(torch.linalg.vector_norm(y)), 1e-300)
+        lower = _attained(apply, vec.to(dtype).reshape(1, *in_shape))
     n_in = math.prod(in_shape)
     wide = not lower * (1.0 + tol) >= upper
     if wide and n_in * out_numel <= DENSE_LIMIT and min(n_in, out_numel) <= DENSE_SIDE_LIMIT:
@@ -374,9 +378,7 @@ def conv_spectral_bracket(
 
     _, v = lanczos_lower(apply32, in_shape, dtype=torch.float32, device=w.device, max_iter=min(30, max_iter),
                          steps=30)
-    with torch.no_grad():
-        y = v.to(torch.float64).reshape(1, *in_shape)
-        warm = float(torch.linalg.vector_norm(apply(y))) / max(float(torch.linalg.vector_norm(y)), 1e-300)
+    warm = _attained(apply, v.to(torch.float64).reshape(1, *in_shape))
     made = conv_fft_upper(w, geom, groups, lower=warm, tol=tol / 10)
     if made is not None:
         candidates.append((made[0], "fft-exact" if made[1] else "fft"))

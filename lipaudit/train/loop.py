@@ -460,6 +460,7 @@ def train_model(
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` atomically: into a temporary file renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
@@ -508,8 +509,4 @@ def save_checkpoint(
                "arch_kwargs": dict(arch_kwargs or {}), "mean": None if mean is None else [float(m) for m in mean],
                "std": None if std is None else [float(s) for s in std], "input_shape": [int(d) for d in input_shape],
                "train": train or {}}
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, target)
+    _save_state(Path(path), payload)
