@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from lipaudit.attacks import PGD, Attack, default_attacks, evaluate_attacks, lp_norm
 from lipaudit.attacks.checks import check_monotone
 from lipaudit.attacks.losses import margin
+from lipaudit.attacks.rng import SampleStreams
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
 
@@ -100,7 +101,7 @@ class _OnlyBelow(Attack):
 
     name = "only-below"
 
-    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, streams: SampleStreams) -> Tensor:
         flip = x.clone()
         flip[:, 0] = 1.0 - x[:, 0]
         return torch.where((eps < 0.1)[:, None], flip, x)

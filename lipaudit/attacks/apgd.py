@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from lipaudit.attacks.base import Attack, batch_view, project, sample_ball, steepest_direction
 from lipaudit.attacks.losses import LossFn, logits_and_grad, resolve_loss, targeted_dlr_loss
+from lipaudit.attacks.rng import SampleStreams
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
 
@@ -93,8 +94,7 @@ class APGD(Attack):
         self.rho = rho
         self.name = "apgd-t" if targeted else f"apgd-{self.loss}"
 
-    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
-        gen = self.generator(x.device)
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, streams: SampleStreams) -> Tensor:
         best = x.clone()
         with torch.no_grad():
             z0 = model(x)
@@ -120,7 +120,8 @@ class APGD(Attack):
                 fn: LossFn = loss_fn
             else:
                 fn = self._loss_fn
-            x_run, hit = self._run(model, x[todo], y[todo], eps[todo], fn, gen, random_start=r > 0 or t > 0)
+            x_run, hit = self._run(model, x[todo], y[todo], eps[todo], fn, streams.rows(todo).child(t, r),
+                                   random_start=r > 0 or t > 0)
             best[todo] = x_run
             found[todo] = hit
         return best
@@ -132,7 +133,7 @@ class APGD(Attack):
         y: Tensor,
         eps: Tensor,
         loss_fn: LossFn,
-        gen: torch.Generator,
+        streams: SampleStreams,
         *,
         random_start: bool,
     ) -> tuple[Tensor, Tensor]:
@@ -140,7 +141,7 @@ class APGD(Attack):
         norm = self.norm
         n = x.shape[0]
         marks = checkpoints(self.steps)
-        x_cur = sample_ball(x, norm, eps, generator=gen)[0] if random_start else x.clone()
+        x_cur = sample_ball(x, norm, eps, streams=streams)[0] if random_start else x.clone()
         eta = 2.0 * eps if norm is not Norm.L1 else 1.0 * eps
         z, loss, g = logits_and_grad(model, x_cur, loss_fn, y)
         wrong = z.argmax(1) != y

@@ -14,12 +14,14 @@ from __future__ import annotations
 import abc
 import math
 import numbers
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from lipaudit._modes import eval_mode
+from lipaudit.attacks.rng import SampleStreams
 from lipaudit.errors import ShapeError, UsageError
 from lipaudit.types import Norm
 
@@ -253,7 +255,7 @@ def steepest_direction(grad: Tensor, x_adv: Tensor, norm: Norm, *, sparsity: flo
 
 
 def sample_ball(x: Tensor, norm: Norm, eps: float | Tensor, n: int = 1, *, generator: torch.Generator | None = None,
-                boundary: bool = False) -> Tensor:
+                boundary: bool = False, streams: SampleStreams | None = None) -> Tensor:
     """``n`` random points of the threat model ``{x' ∈ [0,1]^d : ‖x' − x‖_p ≤ ε}`` around every sample of ``x``.
 
     Inside the ball (the default): uniform in the ℓ∞ cube; for ℓ2 and ℓ1 a uniform direction on the sphere at a
@@ -267,6 +269,8 @@ def sample_ball(x: Tensor, norm: Norm, eps: float | Tensor, n: int = 1, *, gener
         eps: the radius, one float or one per sample (shape ``(N,)``).
         n: points per sample.
         generator: the random generator (torch's global one when None).
+        streams: per-sample streams instead of ``generator`` (one per row of ``x``): every point around a sample
+            then depends only on the sample's id, not on the rest of the batch.
         boundary: sample the vertices or the sphere instead of the inside.
 
     Returns:
@@ -282,19 +286,27 @@ def sample_ball(x: Tensor, norm: Norm, eps: float | Tensor, n: int = 1, *, gener
     e = eps.to(x) if isinstance(eps, Tensor) else torch.full((count,), float(eps), dtype=x.dtype, device=x.device)
     xs, es = x.repeat(n, *([1] * (x.dim() - 1))), e.reshape(count).repeat(n)
     shape = xs.shape
+
+    def draw(name: str, per: tuple[int, ...], normal: bool = False) -> Tensor:  # (n·N, *per), copy j at rows j·N + k
+        if streams is None:
+            fn = torch.randn if normal else torch.rand
+            return fn((n * count, *per), generator=generator, device=x.device, dtype=x.dtype)
+        s = streams.child(name)
+        rows = (s.normal if normal else s.uniform)((n, *per), device=x.device, dtype=x.dtype)  # (N, n, *per)
+        return rows.transpose(0, 1).reshape(n * count, *per)
+
     if norm is Norm.LINF:
-        u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = draw("u", tuple(shape[1:]))
         u = (u < 0.5).to(x.dtype) * 2 - 1 if boundary else u * 2 - 1
         return project(xs + u * batch_view(es, xs), xs, es, norm).view(n, *x.shape)
     if norm is Norm.L2:
-        d = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        d = draw("d", tuple(shape[1:]), normal=True)
     else:
-        u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype).clamp_min(1e-12)
-        sign = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) < 0.5
+        u = draw("u", tuple(shape[1:])).clamp_min(1e-12)
+        sign = draw("sign", tuple(shape[1:])) < 0.5
         d = torch.where(sign, -u.log(), u.log())  # Laplace: normalised, uniform direction on the ℓ1 sphere
     d = d / batch_view(lp_norm(d, norm).clamp_min(1e-30), xs)
-    r = (torch.ones(shape[0], device=x.device, dtype=x.dtype) if boundary else
-         torch.rand((shape[0],), generator=generator, device=x.device, dtype=x.dtype))
+    r = torch.ones(shape[0], device=x.device, dtype=x.dtype) if boundary else draw("r", ())
     return project(xs + d * batch_view(r * es, xs), xs, es, norm).view(n, *x.shape)
 
 
@@ -321,13 +333,13 @@ class Attack(abc.ABC):
         self.norm = Norm.parse(norm)
         self.seed = int(seed)
 
-    def generator(self, device: torch.device) -> torch.Generator:
-        """A fresh random generator on ``device`` seeded with :attr:`seed`."""
-        g = torch.Generator(device=device)
-        g.manual_seed(self.seed)
-        return g
+    def streams(self, ids: Tensor | Sequence[int] | None, n: int) -> SampleStreams:
+        """The per-sample random streams of a batch of ``n`` samples with ids ``ids`` (``0 … n-1`` when None),
+        seeded with :attr:`seed` and keyed by the attack's name."""
+        return SampleStreams.of(self.seed, ids, n, self.name)
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor) -> Tensor:
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *,
+                ids: Tensor | Sequence[int] | None = None) -> Tensor:
         """Attack the batch ``(x, y)`` at radius ``eps`` (a float, or a tensor with one ε per sample).
 
         Args:
@@ -335,6 +347,9 @@ class Attack(abc.ABC):
             x: inputs (N, ...) in [0, 1].
             y: integer labels (N,).
             eps: radius of the threat model, in input units.
+            ids: each sample's id (its position in the audited set; ``0 … N-1`` when None): random starts are drawn
+                per id (:class:`~lipaudit.attacks.rng.SampleStreams`), so a sample is attacked the same way in any
+                batch.
 
         Returns:
             ``x_adv`` (detached, same shape as ``x``) with ``x_adv ∈ [0,1]`` and ``‖x_adv − x‖_p ≤ ε`` per sample.
@@ -347,14 +362,16 @@ class Attack(abc.ABC):
         e = check_eps(eps, x.shape[0], device=x.device, dtype=x.dtype)
         if x.shape[0] == 0:
             return x.clone()
+        streams = self.streams(ids, int(x.shape[0]))
         counted = model if isinstance(model, CountingModel) else CountingModel(model)
         with eval_mode(counted), torch.enable_grad():
-            x_adv = self._perturb(counted, x, y, e)
+            x_adv = self._perturb(counted, x, y, e, streams)
         return project(x_adv.detach(), x, e, self.norm)
 
     @abc.abstractmethod
-    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
-        """Run the attack on validated inputs; ``eps`` has shape (N,). The result is projected by the caller."""
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, streams: SampleStreams) -> Tensor:
+        """Run the attack on validated inputs; ``eps`` has shape (N,); ``streams`` has one random stream per row.
+        The result is projected by the caller."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, norm={self.norm.value!r})"

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipaudit.attacks.base import batch_view, lp_norm, project
+from lipaudit.attacks.rng import SampleStreams
 from lipaudit.types import Flag, Norm, Severity
 
 __all__ = [
@@ -165,11 +166,13 @@ def check_noise_baseline(eps: float, noise_only: int, n: int) -> list[Flag]:
 
 
 def noise_attack(
-    model: nn.Module, x: Tensor, y: Tensor, norm: Norm, eps: float, samples: int, generator: torch.Generator
+    model: nn.Module, x: Tensor, y: Tensor, norm: Norm, eps: float, samples: int,
+    generator: torch.Generator | SampleStreams,
 ) -> tuple[Tensor, Tensor]:
     """Random-noise baseline: ``samples`` random points on the ε-sphere (clipped to the box) per input.
 
-    ℓ∞ noise uses random corners ``x ± ε``; ℓ2 and ℓ1 noise random directions scaled to norm ε.
+    ℓ∞ noise uses random corners ``x ± ε``; ℓ2 and ℓ1 noise random directions scaled to norm ε. With
+    :class:`~lipaudit.attacks.rng.SampleStreams` for ``generator``, each sample's points come from its own stream.
 
     Returns:
         ``(x_adv, hit)``: a misclassified noisy point per sample where one was found (else ``x``) and the mask.
@@ -177,14 +180,27 @@ def noise_attack(
     x_adv = x.clone()
     hit = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     e = torch.full((x.shape[0],), eps, device=x.device, dtype=x.dtype)
+    rows = generator.sequence() if isinstance(generator, SampleStreams) else None
+    per = tuple(x.shape[1:])
+
+    def uniform() -> Tensor:
+        if rows is not None:
+            return rows.uniform(per, device=x.device, dtype=x.dtype)
+        return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # type: ignore[arg-type]
+
+    def normal() -> Tensor:
+        if rows is not None:
+            return rows.normal(per, device=x.device, dtype=x.dtype)
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # type: ignore[arg-type]
+
     for _ in range(samples):
         if norm is Norm.LINF:
-            d = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+            d = (uniform() < 0.5).to(x.dtype) * 2 - 1
         elif norm is Norm.L2:
-            d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            d = normal()
         else:
-            d = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).clamp_min(1e-12).log()
-            d = d * (torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1)
+            d = uniform().clamp_min(1e-12).log()
+            d = d * ((uniform() < 0.5).to(x.dtype) * 2 - 1)
         d = d / batch_view(lp_norm(d, norm).clamp_min(1e-30), x)
         cand = project(x + d * eps, x, e, norm)
         with torch.no_grad():

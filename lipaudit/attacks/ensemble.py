@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,10 +25,12 @@ from lipaudit.attacks.checks import (
     noise_attack,
 )
 from lipaudit.attacks.radius import box_covering_eps
+from lipaudit.attacks.rng import SampleStreams
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
 
-__all__ = ["DENOMINATOR", "AttackReport", "AttackStats", "EpsResult", "default_attacks", "evaluate_attacks"]
+__all__ = ["DENOMINATOR", "AttackReport", "AttackStats", "EpsResult", "count_flags", "default_attacks",
+           "evaluate_attacks", "merge_reports", "model_flags"]
 
 DENOMINATOR = (
     "robust accuracy = fraction of ALL evaluated points that are classified correctly and resisted every attack "
@@ -81,7 +84,9 @@ class EpsResult:
         attacked: per sample, True when misclassified or broken at this ε or a smaller ε of the evaluation.
         per_attack: one :class:`AttackStats` per attack, in the order they ran (each only on still-robust points).
         noise_attacked: points the random-noise baseline broke.
-        x_adv: the worst-case points (``x`` where nothing was found); not part of :meth:`to_dict`.
+        x_adv: the worst-case points (``x`` where nothing was found); not part of :meth:`to_dict` (empty in a report
+            read back or merged from shards).
+        noise_only: points only the random-noise baseline broke (the weaker-than-noise flag counts them).
     """
 
     eps: float
@@ -91,6 +96,7 @@ class EpsResult:
     per_attack: tuple[AttackStats, ...]
     noise_attacked: int
     x_adv: Tensor = field(repr=False)
+    noise_only: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (without ``x_adv``)."""
@@ -101,7 +107,18 @@ class EpsResult:
             "attacked": list(self.attacked),
             "per_attack": [s.to_dict() for s in self.per_attack],
             "noise_attacked": self.noise_attacked,
+            "noise_only": self.noise_only,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpsResult:
+        """Read :meth:`to_dict`'s values back (``x_adv`` empty)."""
+        return cls(eps=float(data["eps"]), robust_accuracy=float(data["robust_accuracy"]),
+                   robust_accuracy_this_eps=float(data["robust_accuracy_this_eps"]),
+                   attacked=tuple(bool(v) for v in data["attacked"]),
+                   per_attack=tuple(AttackStats(**a) for a in data["per_attack"]),
+                   noise_attacked=int(data["noise_attacked"]), x_adv=torch.empty(0),
+                   noise_only=int(data.get("noise_only", 0)))
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,7 @@ class AttackReport:
     wall_time_s: float
     check_stats: tuple[AttackStats, ...] = ()
     denominator: str = DENOMINATOR
+    clean_prediction: tuple[int, ...] = ()
 
     @property
     def eps(self) -> tuple[float, ...]:
@@ -153,7 +171,20 @@ class AttackReport:
             "wall_time_s": self.wall_time_s,
             "denominator": self.denominator,
             "direction": "upper bound on robust accuracy (attacks)",
+            "clean_prediction": list(self.clean_prediction),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttackReport:
+        """Read :meth:`to_dict`'s values back (the adversarial points are not kept)."""
+        return cls(norm=Norm.parse(data["norm"]), n=int(data["n"]), clean_accuracy=float(data["clean_accuracy"]),
+                   clean_correct=tuple(bool(v) for v in data["clean_correct"]),
+                   results=tuple(EpsResult.from_dict(r) for r in data["results"]),
+                   flags=tuple(Flag(**f) for f in data["flags"]), attacks=tuple(data["attacks"]),
+                   wall_time_s=float(data["wall_time_s"]),
+                   check_stats=tuple(AttackStats(**c) for c in data["check_stats"]),
+                   denominator=str(data.get("denominator", DENOMINATOR)),
+                   clean_prediction=tuple(int(v) for v in data.get("clean_prediction", ())))
 
 
 def _fraction(mask: Tensor) -> float:
@@ -162,11 +193,11 @@ def _fraction(mask: Tensor) -> float:
 
 
 def _run_attack(
-    attack: Attack, model: nn.Module, x: Tensor, y: Tensor, eps: float
+    attack: Attack, model: nn.Module, x: Tensor, y: Tensor, eps: float, ids: Tensor
 ) -> tuple[Tensor, Tensor, dict[str, int], float]:
     counted = CountingModel(model)
     start = time.perf_counter()
-    x_adv = attack.perturb(counted, x, y, eps)
+    x_adv = attack.perturb(counted, x, y, eps, ids=ids)
     with torch.no_grad():
         hit = counted(x_adv).argmax(1) != y
     return x_adv, hit, counted.counts(), time.perf_counter() - start
@@ -184,6 +215,8 @@ def evaluate_attacks(
     large_eps_check: bool = True,
     seed: int = 0,
     progress: Progress | None = None,
+    ids: Tensor | Sequence[int] | None = None,
+    model_checks: bool = True,
 ) -> AttackReport:
     """Point-wise worst case over an ensemble of attacks at each ε (AutoAttack-style), with sanity flags.
 
@@ -203,6 +236,10 @@ def evaluate_attacks(
         large_eps_check: also run the first attack at the box-covering ε and flag points that survive it.
         seed: seed of the noise baseline.
         progress: receives ``("attacks", done, total)``.
+        ids: each sample's id in the audited set (``0 … N-1`` when None): every random draw follows the id, so a
+            sample gets the same attacks whatever batch it is in (:class:`~lipaudit.attacks.rng.SampleStreams`).
+        model_checks: run the checks of the model itself (output range, randomness, gradients) on this batch; a
+            shard of an audit leaves them to the run that merges the shards (:func:`merge_reports`).
 
     Returns:
         An :class:`AttackReport`.
@@ -224,8 +261,10 @@ def evaluate_attacks(
     report = progress or NullProgress()
     start = time.perf_counter()
     n = x.shape[0]
-    gen = torch.Generator(device=x.device)
-    gen.manual_seed(seed)
+    ids_t = torch.arange(n) if ids is None else torch.as_tensor(list(ids) if not isinstance(ids, Tensor) else ids)
+    if ids_t.numel() != n:
+        raise UsageError(f"Expected {n} sample ids but got {ids_t.numel()}")
+    ids_t = ids_t.cpu().long()
     flags: list[Flag] = []
     results: list[EpsResult] = []
     check_stats: list[AttackStats] = []
@@ -234,9 +273,8 @@ def evaluate_attacks(
     with eval_mode(model):
         with torch.no_grad():
             clean = CountingModel(model)(x) if n else torch.zeros(0, 2)
-        flags += check_output_range(clean)
-        flags += check_randomness(model, x)
-        flags += check_gradients(model, x, y)
+        if model_checks:
+            flags += model_flags(model, x, y, clean)
         correct = clean.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
         prev_attacked = ~correct
         prev_adv = x.clone()
@@ -251,7 +289,7 @@ def evaluate_attacks(
                 seconds = 0.0
                 new = 0
                 if idx.numel():
-                    cand, hit, counts, seconds = _run_attack(attack, model, x[idx], y[idx], eps)
+                    cand, hit, counts, seconds = _run_attack(attack, model, x[idx], y[idx], eps, ids_t[idx.cpu()])
                     x_adv[idx[hit]] = cand[hit]
                     attacked[idx[hit]] = True
                     new = int(hit.sum())
@@ -263,15 +301,15 @@ def evaluate_attacks(
                 )
                 done += 1
                 report("attacks", done, total)
-            noise_hits = 0
+            noise_hits = noise_only_count = 0
             if noise_samples > 0 and n:
                 idx = correct.nonzero().flatten()
                 counted = CountingModel(model)
                 t0 = time.perf_counter()
-                noisy, hit = noise_attack(counted, x[idx], y[idx], norm, eps, noise_samples, gen)
+                streams = SampleStreams.of(seed, ids_t[idx.cpu()], int(idx.numel()), "noise", repr(float(eps)))
+                noisy, hit = noise_attack(counted, x[idx], y[idx], norm, eps, noise_samples, streams)
                 noise_only = hit & ~attacked[idx]
-                noise_hits = int(hit.sum())
-                flags += check_noise_baseline(eps, int(noise_only.sum()), n)
+                noise_hits, noise_only_count = int(hit.sum()), int(noise_only.sum())
                 x_adv[idx[noise_only]] = noisy[noise_only]
                 attacked[idx[noise_only]] = True
                 check_stats.append(
@@ -291,21 +329,20 @@ def evaluate_attacks(
                     per_attack=tuple(stats),
                     noise_attacked=noise_hits,
                     x_adv=x_adv,
+                    noise_only=noise_only_count,
                 )
             )
             prev_attacked, prev_adv = attacked, x_adv
-        flags += check_monotone(eps_sorted, this_eps_acc)
         if large_eps_check and chosen and bool(correct.any()):
             big = box_covering_eps(norm, x[0].numel())
             idx = correct.nonzero().flatten()
-            _, hit, counts, seconds = _run_attack(chosen[0], model, x[idx], y[idx], big)
+            _, hit, counts, seconds = _run_attack(chosen[0], model, x[idx], y[idx], big, ids_t[idx.cpu()])
             check_stats.append(
                 AttackStats(f"large-eps:{chosen[0].name}", big, int(idx.numel()), int(hit.sum()),
                             (int(correct.sum()) - int(hit.sum())) / n, **counts, wall_time_s=seconds)
             )
-            flags += check_large_eps(float((~hit).float().mean()), big, int(clean.argmax(1).unique().numel()))
         report("attacks", total, total)
-    return AttackReport(
+    out = AttackReport(
         norm=norm,
         n=n,
         clean_accuracy=_fraction(correct),
@@ -315,4 +352,98 @@ def evaluate_attacks(
         attacks=tuple(a.name for a in chosen),
         wall_time_s=time.perf_counter() - start,
         check_stats=tuple(check_stats),
+        clean_prediction=tuple(int(v) for v in clean.argmax(1).tolist()) if n else (),
     )
+    return dataclasses.replace(out, flags=(*out.flags, *count_flags(out)))
+
+
+def model_flags(model: nn.Module, x: Tensor, y: Tensor, logits: Tensor | None = None) -> list[Flag]:
+    """The checks of the model itself on a batch: logits (not probabilities), a deterministic forward pass, finite
+    and non-zero input gradients."""
+    if logits is None:
+        with torch.no_grad():
+            logits = model(x)
+    return [*check_output_range(logits), *check_randomness(model, x), *check_gradients(model, x, y)]
+
+
+def count_flags(report: AttackReport) -> list[Flag]:
+    """The flags that follow from a report's counts: random noise beating the attacks at an ε, robust accuracy
+    rising with ε, points surviving the box-covering attack. A function of the counts alone, so a report merged
+    from shards (:func:`merge_reports`) flags exactly what one run over every sample does."""
+    flags: list[Flag] = []
+    for r in report.results:
+        flags += check_noise_baseline(r.eps, r.noise_only, report.n)
+    flags += check_monotone([r.eps for r in report.results], [r.robust_accuracy_this_eps for r in report.results])
+    for c in report.check_stats:
+        if c.name.startswith("large-eps:") and c.attempted:
+            flags += check_large_eps((c.attempted - c.newly_attacked) / c.attempted, c.eps,
+                                     len(set(report.clean_prediction)))
+    return flags
+
+
+def _count(fraction: float, n: int) -> int:
+    return round(fraction * n)
+
+
+def _merge_stats(parts: Sequence[tuple[AttackStats, int]], n: int) -> AttackStats:
+    first = parts[0][0]
+    total = {k: sum(getattr(p, k) for p, _ in parts) for k in ("attempted", "newly_attacked", "forward_passes",
+                                                                "backward_passes", "forward_samples",
+                                                                "backward_samples", "wall_time_s")}
+    robust = sum(_count(p.robust_accuracy_after, m) for p, m in parts) / n if n else 0.0
+    return AttackStats(name=first.name, eps=first.eps, robust_accuracy_after=robust, **total)
+
+
+def merge_reports(reports: Sequence[AttackReport], ids: Sequence[Sequence[int]],
+                  flags: Sequence[Flag] = ()) -> AttackReport:
+    """One report over the union of the samples of several (shards of one audit): per-sample results placed at
+    their ids (``ids[k]`` are the positions of ``reports[k]``'s samples; together ``0 … N-1``), counts added,
+    fractions recomputed over all ``N`` samples, the count flags recomputed (:func:`count_flags`) and ``flags`` (the
+    model checks, run once on the whole batch: :func:`model_flags`) put first. The adversarial points are not kept.
+
+    Raises:
+        UsageError: the reports do not fit together (other ε, attacks or norm; ids not a partition of 0 … N-1).
+    """
+    if not reports or len(reports) != len(ids):
+        raise UsageError("Expected one id list per report and at least one report")
+    first = reports[0]
+    n = sum(r.n for r in reports)
+    where = [int(i) for part in ids for i in part]
+    if sorted(where) != list(range(n)) or any(len(p) != r.n for p, r in zip(ids, reports, strict=True)):
+        raise UsageError(f"Expected the shards' sample ids to cover 0 … {n - 1} once each")
+    for r in reports:
+        if r.eps != first.eps or r.attacks != first.attacks or r.norm is not first.norm:
+            raise UsageError("Expected shards of one audit (the same ε, attacks and norm)")
+
+    def scatter(values: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
+        out: list[Any] = [None] * n
+        for part, vals in zip(ids, values, strict=True):
+            for i, v in zip(part, vals, strict=True):
+                out[int(i)] = v
+        return tuple(out)
+
+    clean_correct = scatter([r.clean_correct for r in reports])
+    results = []
+    for k, res in enumerate(first.results):
+        rows = [r.results[k] for r in reports]
+        attacked = scatter([row.attacked for row in rows])
+        per_attack = tuple(_merge_stats([(row.per_attack[a], r.n) for row, r in zip(rows, reports, strict=True)], n)
+                           for a in range(len(res.per_attack)))
+        this_eps = sum(_count(row.robust_accuracy_this_eps, r.n) for row, r in zip(rows, reports, strict=True))
+        results.append(EpsResult(
+            eps=res.eps, robust_accuracy=sum(not a for a in attacked) / n if n else 0.0,
+            robust_accuracy_this_eps=this_eps / n if n else 0.0, attacked=attacked, per_attack=per_attack,
+            noise_attacked=sum(row.noise_attacked for row in rows), x_adv=torch.empty(0),
+            noise_only=sum(row.noise_only for row in rows)))
+    by_name: dict[tuple[str, float], list[tuple[AttackStats, int]]] = {}
+    for r in reports:
+        for c in r.check_stats:
+            by_name.setdefault((c.name, c.eps), []).append((c, r.n))
+    merged = AttackReport(
+        norm=first.norm, n=n, clean_accuracy=sum(bool(c) for c in clean_correct) / n if n else 0.0,
+        clean_correct=clean_correct, results=tuple(results), flags=(), attacks=first.attacks,
+        wall_time_s=sum(r.wall_time_s for r in reports),
+        check_stats=tuple(_merge_stats(parts, n) for parts in by_name.values()), denominator=first.denominator,
+        clean_prediction=scatter([r.clean_prediction for r in reports]) if all(
+            len(r.clean_prediction) == r.n for r in reports) else ())
+    return dataclasses.replace(merged, flags=(*flags, *count_flags(merged)))

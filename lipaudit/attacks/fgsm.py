@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from lipaudit.attacks.base import Attack, batch_view, project, steepest_direction
 from lipaudit.attacks.losses import logits_and_grad, resolve_loss
+from lipaudit.attacks.rng import SampleStreams
 from lipaudit.types import Norm
 
 __all__ = ["FGSM"]
@@ -36,6 +37,6 @@ class FGSM(Attack):
         self._loss_fn = resolve_loss(self.loss)
         self.name = "fgsm" if self.loss == "ce" else f"fgsm-{self.loss}"
 
-    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, streams: SampleStreams) -> Tensor:
         _, _, g = logits_and_grad(model, x, self._loss_fn, y)
         return project(x + steepest_direction(g, x, self.norm) * batch_view(eps, x), x, eps, self.norm)

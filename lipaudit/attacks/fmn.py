@@ -18,6 +18,7 @@ from lipaudit.attacks.base import (
     steepest_direction,
 )
 from lipaudit.attacks.losses import logits_and_grad, margin
+from lipaudit.attacks.rng import SampleStreams
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
 
@@ -130,7 +131,7 @@ class FMN(Attack):
             delta = project(x_new, x, eps, norm) - x
         return best, torch.isfinite(best_norm)
 
-    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, streams: SampleStreams) -> Tensor:
         """The minimal adversarial point where its norm is at most ε, else the minimal point projected to the ball."""
         x_adv, _ = self._minimize(model, x, y)
         return x_adv

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from lipaudit.attacks.base import Attack, batch_view, project, sample_ball, steepest_direction
 from lipaudit.attacks.losses import logits_and_grad, resolve_loss
+from lipaudit.attacks.rng import SampleStreams
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
 
@@ -70,8 +71,7 @@ class PGD(Attack):
         self._loss_fn = resolve_loss(self.loss)
         self.name = f"pgd-{self.loss}"
 
-    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
-        gen = self.generator(x.device)
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, streams: SampleStreams) -> Tensor:
         step_size = eps * 2.5 / self.steps if self.step_size is None else torch.full_like(eps, self.step_size)
         alpha = batch_view(step_size, x)
         if self.norm is Norm.LINF:  # the ℓ∞ projection is one clamp between precomputed bounds
@@ -81,8 +81,8 @@ class PGD(Attack):
         x_found = x.clone()
         best = x.clone()
         best_loss = torch.full_like(eps, -math.inf)
-        for _ in range(self.restarts):
-            x_adv = sample_ball(x, self.norm, eps, generator=gen)[0] if self.random_start else x.clone()
+        for r in range(self.restarts):
+            x_adv = sample_ball(x, self.norm, eps, streams=streams.child(r))[0] if self.random_start else x.clone()
             # With one restart the last iterate is returned unless an earlier one was adversarial, so it needs no
             # forward pass of its own (as in torchattacks); with several, its loss picks the restart.
             last = self.steps + (1 if self.restarts > 1 else 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,7 @@ def minimal_adversarial_radius(
     n_targets: int = 2,
     seed: int = 0,
     progress: Progress | None = None,
+    ids: Tensor | Sequence[int] | None = None,
 ) -> RadiusReport:
     """The smallest adversarial perturbation lipaudit can find for every point (an upper bound on its radius).
 
@@ -116,6 +118,7 @@ def minimal_adversarial_radius(
         n_targets: target classes of APGD-T.
         seed: seed of the random starts.
         progress: receives ``("radius", done, total)`` after each stage.
+        ids: each sample's id in the audited set (``0 … N-1`` when None): random starts follow the id, not the batch.
 
     Returns:
         A :class:`RadiusReport`.
@@ -136,6 +139,8 @@ def minimal_adversarial_radius(
     report = progress or NullProgress()
     start = time.perf_counter()
     counted = CountingModel(model)
+    sample_ids = torch.arange(x.shape[0]) if ids is None else torch.as_tensor(
+        ids if isinstance(ids, Tensor) else list(ids)).cpu().long()
     total = 3 + bisection_steps
     with eval_mode(counted):
         with torch.no_grad():
@@ -162,7 +167,8 @@ def minimal_adversarial_radius(
         missing = (correct & torch.isinf(radius)).nonzero().flatten()
         if missing.numel():
             big = box_covering_eps(norm, x[0].numel())
-            cand = APGD(norm, steps=apgd_steps, seed=seed).perturb(counted, x[missing], y[missing], big)
+            cand = APGD(norm, steps=apgd_steps, seed=seed).perturb(counted, x[missing], y[missing], big,
+                                                                  ids=sample_ids[missing.cpu()])
             record(missing, cand, "apgd-box")
         report("radius", 2, total)
         idx = (correct & torch.isfinite(radius)).nonzero().flatten()
@@ -180,12 +186,12 @@ def minimal_adversarial_radius(
                 sub = open_.nonzero().flatten()
                 if sub.numel() == 0:
                     break
-                ids = idx[sub]
+                rows = idx[sub]
                 eps = batch_view(mid[sub], mid[sub]).to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)
-                cand = attack.perturb(counted, x[ids], y[ids], eps)
-                before = radius[ids].clone()
-                record(ids, cand, "apgd-bisection")
-                open_[sub] = ~(radius[ids] < before)
+                cand = attack.perturb(counted, x[rows], y[rows], eps, ids=sample_ids[rows.cpu()])
+                before = radius[rows].clone()
+                record(rows, cand, "apgd-bisection")
+                open_[sub] = ~(radius[rows] < before)
             lo = torch.minimum(torch.where(open_, mid, lo), radius[idx])
             report("radius", 3 + step, total)
     report("radius", total, total)

@@ -26,11 +26,11 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +49,7 @@ from lipaudit.audit.result import (
     Witness,
     eps_key,
 )
+from lipaudit.audit.shards import ShardResult
 from lipaudit.certify.driver import Outcome
 from lipaudit.certify.radius import RadiusStatus
 from lipaudit.errors import LipauditError, ModelEvaluationError, NonFiniteWeightError, UsageError, one_line
@@ -59,8 +60,8 @@ if TYPE_CHECKING:  # names for annotations only (the modules are imported when a
     from lipaudit.analysis import Analysis
     from lipaudit.lipschitz import LipschitzReport
 
-__all__ = ["AuditConfig", "Engines", "default_methods", "fit_methods", "in_model_normalization", "preflight",
-           "run_audit"]
+__all__ = ["AuditConfig", "Engines", "ShardRunner", "ShardWork", "crosscheck", "default_methods", "fit_methods",
+           "in_model_normalization", "preflight", "run_audit", "run_in_process", "run_shard"]
 
 Auto = Literal["auto"]
 
@@ -327,6 +328,10 @@ class _State:
     attack_info: dict[str, Any] = field(default_factory=dict)
     cert_info: dict[str, Any] = field(default_factory=lambda: {"methods": [], "outcomes": []})
     examples: list[dict[str, Any]] = field(default_factory=list)
+    attack_plan: AttackPlan | None = None  # decided once by the model-level stages; None: the attacks stage failed
+    attack_report: Any = None  # the ensemble's AttackReport (merged over the shards)
+    model_flags: list[Flag] = field(default_factory=list)  # the attacks' checks of the model itself
+    shards_info: dict[str, Any] = field(default_factory=dict)
 
 
 def environment(device: torch.device) -> dict[str, str]:
@@ -369,8 +374,15 @@ def run_audit(
     progress: Progress | None = None,
     analysis: Analysis | None = None,
     engines: Engines | None = None,
+    shards: ShardRunner | None = None,
 ) -> AuditResult:
     """Audit ``model`` on the samples ``(x, y)`` under ``config``; never raises for a failing stage.
+
+    The model-level stages (norms, Lipschitz bounds, the attack budget, the choice of methods) run here, once; the
+    per-sample stages run on shards of the samples (:func:`run_shard`) through ``shards`` (default: one shard of
+    every sample, in this process; :mod:`lipaudit.distributed` runs them as Ray tasks). The shards' results are
+    merged by sample id, so the decisions do not depend on how the samples were split. Interrupted while shards
+    run, the result holds the samples whose shards finished (``threat_model["samples_missing"]`` counts the rest).
 
     Args:
         model: the classifier as every stage sees it (normalisation included); its train/eval modes are restored
@@ -384,6 +396,7 @@ def run_audit(
         progress: receives per-stage progress.
         analysis: the model's :class:`~lipaudit.analysis.Analysis` when the caller has it (else computed here).
         engines: the stage implementations (default: the library's).
+        shards: runs the per-sample stages (default: :func:`run_in_process`).
 
     Returns:
         The result, status partial when interrupted or when a stage failed.
@@ -398,19 +411,23 @@ def run_audit(
         analysis.check_fits(model, tuple(int(s) for s in x.shape[1:]))
     st = _State(n=int(x.shape[0]), config=config, analysis=analysis)
     stages = _Stages()
+    covered: list[int] | None = None
     with eval_mode(model):  # every submodule in eval mode; the caller's modes come back afterwards
         logits = preflight(model, x)
         try:
-            _run_stages(model, logits, x, y, st, stages, progress, engines)
+            covered = _run_stages(model, logits, x, y, st, stages, progress, engines, shards or run_in_process)
         except KeyboardInterrupt:  # keep what finished; an interrupt between two stages marks the audit partial too
+            covered = st.shards_info.pop("covered", None)
             if not stages.interrupted:
                 stages.interrupted = True
                 stages.failures.append(StageFailure("audit", "interrupted", "interrupted by the user"))
+        if covered is not None and len(covered) < st.n:  # interrupted while shards ran: the finished samples only
+            return _assemble_subset(model, x, y, st, stages, covered, model_info, data_info, command)
         return _assemble(model, x, y, st, stages, model_info, data_info, command)
 
 
 def _run_stages(model: nn.Module, logits: Tensor, x: Tensor, y: Tensor, st: _State, stages: _Stages,
-                progress: Progress, engines: Engines) -> None:
+                progress: Progress, engines: Engines, shards: ShardRunner) -> list[int]:
     from lipaudit.lipschitz import lipschitz_radius
 
     input_shape = tuple(int(s) for s in x.shape[1:])
@@ -439,8 +456,30 @@ def _run_stages(model: nn.Module, logits: Tensor, x: Tensor, y: Tensor, st: _Sta
             st.flags.append(Flag(code=f"lipschitz-{report.status}", severity=Severity.INFO, stage="lipschitz",
                                  message=f"No whole-network Lipschitz bound: {report.reason}"))
         progress("lipschitz", 1, 1)
-    _run_attacks(model, x, y, config, st, stages, progress, engines)
-    _run_certification(model, x, y, config, correct, st, stages, progress, engines)
+    with stages.stage("attacks"):  # the budget and the checks of the model itself: once, on every sample
+        from lipaudit.attacks.ensemble import model_flags
+
+        st.attack_plan = _attack_plan(model, x, y, config)
+        st.model_flags = model_flags(model, x, y)
+    idx = torch.nonzero(correct.cpu(), as_tuple=False).flatten()
+    if st.auto_methods and idx.numel():
+        with stages.stage("certify cost"):
+            st.config = config = fit_methods(_the_certifier(model, x, config, st, engines), x[idx], y[idx], config,
+                                             st.flags)
+    assert st.prediction is not None
+    work = ShardWork(config=config, plan=st.attack_plan, prediction=st.prediction.detach().cpu(),
+                     radius_lipschitz=None if st.radius_lipschitz is None else st.radius_lipschitz.detach().cpu())
+    results: list[ShardResult] = []
+    st.shards_info["covered"] = []
+    try:
+        for shard in shards(model, x, y, work, engines=engines, progress=progress, certifier=st.certifier):
+            results.append(shard)
+            st.shards_info["covered"] = sorted(i for r in results for i in r.ids)
+            if shard.interrupted:
+                raise KeyboardInterrupt
+    finally:
+        _merge(model, x, y, config, st, stages, results)
+    return st.shards_info.pop("covered")
 
 
 def _lipschitz_check(y: Tensor, report: LipschitzReport, bounds: Tensor, rtol: float = 1e-3) -> CrossCheck:
@@ -464,47 +503,64 @@ def _lipschitz_check(y: Tensor, report: LipschitzReport, bounds: Tensor, rtol: f
     return CrossCheck("lipschitz-vs-gradients", not wrong, 3 + n_pairs, detail, tuple(wrong))
 
 
-def _run_attacks(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _State, stages: _Stages,
-                 progress: Progress, engines: Engines) -> None:
+def _shard_attacks(model: nn.Module, x: Tensor, y: Tensor, ids: Tensor, config: AuditConfig, plan: AttackPlan,
+                   st: _State, stages: _Stages, progress: Progress, engines: Engines) -> None:
     from lipaudit.attacks.ensemble import default_attacks
 
     with stages.stage("attacks"):
-        plan = _attack_plan(model, x, y, config)
         attacks = default_attacks(config.norm, steps=plan.steps, n_targets=plan.n_targets, seed=config.seed)
         report = engines.attacks(model, x, y, config.norm, list(config.eps), attacks=attacks, seed=config.seed,
-                                 progress=progress)
-        by_key = {eps_key(e): e for e in config.eps}
-        for res in report.results:
-            eps = by_key.get(eps_key(res.eps), float(res.eps))
-            st.attacked[eps] = torch.tensor(res.attacked, dtype=torch.bool)
-            st.robust_by_attack[eps] = {s.name: float(s.robust_accuracy_after) for s in res.per_attack}
-        st.flags.extend(Flag(code=f.code, severity=f.severity, message=f.message, stage="attacks")
-                        for f in report.flags)
-        summary = report.to_dict()
-        for row in summary["results"]:
-            row.pop("attacked", None)
-        spent = [st_ for row in report.results for st_ in row.per_attack] + list(report.check_stats)
-        st.attack_info = {"names": list(report.attacks), "budget": attack_budget(attacks),
-                          "passes": {"forward": sum(a.forward_passes for a in spent),
-                                     "backward": sum(a.backward_passes for a in spent),
-                                     "forward_samples": sum(a.forward_samples for a in spent),
-                                     "backward_samples": sum(a.backward_samples for a in spent)},
-                          **summary}
-        st.examples = _examples(model, x, y, st.prediction, report.results, config.max_examples)
-        st.attack_info["plan"] = {**dataclasses.asdict(plan), "radius_skipped": plan.radius_skipped}
-        if plan.reduced:
-            st.flags.append(Flag(
-                code="attack-budget-reduced", severity=Severity.INFO, stage="attacks",
-                message=f"Attacks ran with {plan.steps} APGD steps and {plan.n_targets} APGD-T targets"
-                        f"{', without the minimal-norm radius' if plan.radius_skipped else ''}"
-                        f" to fit the {config.attack_budget_s:g} s attack budget (the standard 100 steps and 9 targets "
-                        f"were projected at {plan.projected_s:.0f} s): weaker attacks, higher empirical accuracy; "
-                        "raise --attack-budget or pass --attack-steps 100 for the standard budget"))
-    if config.attack_radius and st.attack_info.get("plan", {}).get("radius", True):  # unless left out for time
+                                 progress=progress, ids=ids, model_checks=False)
+        st.examples = [{**e, "index": int(ids[e["index"]])}
+                       for e in _examples(model, x, y, st.prediction, report.results, config.max_examples)]
+        st.attack_report = _without_points(report)
+    if config.attack_radius and plan.radius:  # unless left out for time
         with stages.stage("attack radius"):
-            radius = engines.radius_attack(model, x, y, config.norm, seed=config.seed, progress=progress)
+            radius = engines.radius_attack(model, x, y, config.norm, seed=config.seed, progress=progress, ids=ids)
             st.radius_attack = torch.tensor(radius.radius, dtype=torch.float64)
             st.attack_info["radius"] = {k: v for k, v in radius.to_dict().items() if k not in ("radius", "source")}
+
+
+def _without_points(report: Any) -> Any:
+    """The report without its adversarial points (a shard keeps its examples; the points would only cost memory)."""
+    results = getattr(report, "results", None)
+    if results is None or not dataclasses.is_dataclass(report) or isinstance(report, type):
+        return report
+    return dataclasses.replace(report, results=tuple(dataclasses.replace(r, x_adv=torch.empty(0)) for r in results))
+
+
+def _attack_summary(report: Any, config: AuditConfig, plan: AttackPlan, st: _State) -> None:
+    """The merged attack report into the audit's state: per-sample flags, accuracies, flags, the threat-model card."""
+    from lipaudit.attacks.ensemble import default_attacks
+
+    attacks = default_attacks(config.norm, steps=plan.steps, n_targets=plan.n_targets, seed=config.seed)
+    by_key = {eps_key(e): e for e in config.eps}
+    for res in report.results:
+        eps = by_key.get(eps_key(res.eps), float(res.eps))
+        st.attacked[eps] = torch.tensor(res.attacked, dtype=torch.bool)
+        st.robust_by_attack[eps] = {s.name: float(s.robust_accuracy_after) for s in res.per_attack}
+    st.flags.extend(Flag(code=f.code, severity=f.severity, message=f.message, stage="attacks")
+                    for f in report.flags)
+    summary = report.to_dict()
+    for row in summary["results"]:
+        row.pop("attacked", None)
+    summary.pop("clean_prediction", None)
+    spent = [st_ for row in report.results for st_ in row.per_attack] + list(report.check_stats)
+    st.attack_info = {"names": list(report.attacks), "budget": attack_budget(attacks),
+                      "passes": {"forward": sum(a.forward_passes for a in spent),
+                                 "backward": sum(a.backward_passes for a in spent),
+                                 "forward_samples": sum(a.forward_samples for a in spent),
+                                 "backward_samples": sum(a.backward_samples for a in spent)},
+                      **summary, **({"radius": st.attack_info["radius"]} if "radius" in st.attack_info else {})}
+    st.attack_info["plan"] = {**dataclasses.asdict(plan), "radius_skipped": plan.radius_skipped}
+    if plan.reduced:
+        st.flags.append(Flag(
+            code="attack-budget-reduced", severity=Severity.INFO, stage="attacks",
+            message=f"Attacks ran with {plan.steps} APGD steps and {plan.n_targets} APGD-T targets"
+                    f"{', without the minimal-norm radius' if plan.radius_skipped else ''}"
+                    f" to fit the {config.attack_budget_s:g} s attack budget (the standard 100 steps and 9 targets "
+                    f"were projected at {plan.projected_s:.0f} s): weaker attacks, higher empirical accuracy; "
+                    "raise --attack-budget or pass --attack-steps 100 for the standard budget"))
 
 
 def _attack_plan(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig) -> AttackPlan:
@@ -570,10 +626,6 @@ def _the_certifier(model: nn.Module, x: Tensor, config: AuditConfig, st: _State,
 def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, correct: Tensor, st: _State,
                        stages: _Stages, progress: Progress, engines: Engines) -> None:
     idx = torch.nonzero(correct.cpu(), as_tuple=False).flatten()
-    if st.auto_methods and idx.numel():
-        with stages.stage("certify cost"):
-            st.config = config = fit_methods(_the_certifier(model, x, config, st, engines), x[idx], y[idx], config,
-                                             st.flags)
     methods = config.method_list
     st.cert_info["methods"] = [str(m) for m in methods]
     total = len(methods) * len(config.eps)
@@ -607,6 +659,264 @@ def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConf
     if strongest is not None and st.radius_attack is not None and idx.numel():
         with stages.stage("cross-check"):
             st.crosschecks.append(_certify_at_attack_radius(x, y, config, strongest, idx, st, engines, model))
+
+
+_CHECKS = {
+    "radius-brackets": ("the radius bisection's lower bracket (Lipschitz radius, ε certified by the sweep) ≤ its upper "
+                        "bracket (attack radius)", "sample(s) with lower > upper"),
+    "certify-at-attack-radius": ("{method} bounds at ε = each sample's attack radius, where the radius attack found "
+                                 "an adversarial example: none may certify", "did"),
+}
+
+
+def crosscheck(name: str, checked: int, failures: Sequence[Mapping[str, Any]], **fill: str) -> CrossCheck:
+    """A per-sample cross-check from its failures (each naming its sample's ``index``); the detail is a function
+    of the failures alone, so shards' checks merge into the same text as one run's."""
+    text, failed = _CHECKS[name]
+    detail = text.format(**fill)
+    if failures:
+        first = [int(f["index"]) for f in failures[:8]]
+        detail += f": {len(failures)} {failed} (samples {first})"
+    return CrossCheck(name, not failures, checked, detail, tuple(failures))
+
+
+# ---- shards: the per-sample stages on a slice of the samples, and their merge ---------------------------------------
+
+@dataclass(frozen=True)
+class ShardWork:
+    """What every shard runs with, decided once by the model-level stages.
+
+    Attributes:
+        config: the audit's configuration, its methods resolved.
+        plan: the attack budget (``None``: the attacks stage failed; no shard attacks).
+        prediction: the clean prediction of every sample (CPU).
+        radius_lipschitz: every sample's Lipschitz radius (CPU; ``None``: no Lipschitz bound).
+    """
+
+    config: AuditConfig
+    plan: AttackPlan | None
+    prediction: Tensor
+    radius_lipschitz: Tensor | None
+
+
+class ShardRunner(Protocol):
+    """Runs :func:`run_shard` on shards covering the samples and yields their results as they finish."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, work: ShardWork, *, engines: Engines,
+                 progress: Progress, certifier: Any) -> Iterator[ShardResult]: ...
+
+
+def run_in_process(model: nn.Module, x: Tensor, y: Tensor, work: ShardWork, *, engines: Engines,
+                   progress: Progress, certifier: Any) -> Iterator[ShardResult]:
+    """The default :class:`ShardRunner`: one shard of every sample, in this process, with the audit's certifier."""
+    yield run_shard(model, x, y, tuple(range(int(x.shape[0]))), work, engines=engines, progress=progress,
+                    certifier=certifier)
+
+
+def run_shard(model: nn.Module, x: Tensor, y: Tensor, ids: Sequence[int], work: ShardWork, *,
+              engines: Engines | None = None, progress: Progress | None = None,
+              certifier: Any = None) -> ShardResult:
+    """The per-sample stages on the samples ``ids`` (``x``, ``y``: their rows, in that order): attacks and attack
+    radii, certification at every ε, branch and bound, certified radii and the check at the attack radius.
+
+    Every random draw follows the sample ids, so a sample's results do not depend on the rest of its shard. A
+    stage that fails is recorded like in :func:`run_audit`; Ctrl-C returns what finished, marked interrupted.
+    """
+    engines = engines or Engines()
+    progress = progress or NullProgress()
+    start = time.perf_counter()
+    config = work.config
+    rows = torch.tensor(list(ids), dtype=torch.long)
+    if rows.numel() != int(x.shape[0]):
+        raise UsageError(f"Expected one sample id per row of the shard but got {rows.numel()} for {x.shape[0]} rows")
+    st = _State(n=int(x.shape[0]), config=config, prediction=work.prediction[rows].to(y.device),
+                radius_lipschitz=None if work.radius_lipschitz is None else work.radius_lipschitz[rows],
+                certifier=certifier)
+    stages = _Stages()
+    correct = torch.eq(work.prediction[rows].to(y.device), y)
+    with eval_mode(model):
+        try:
+            if work.plan is not None:
+                _shard_attacks(model, x, y, rows, config, work.plan, st, stages, progress, engines)
+            _run_certification(model, x, y, config, correct, st, stages, progress, engines)
+        except KeyboardInterrupt:
+            if not stages.interrupted:
+                stages.interrupted = True
+                stages.failures.append(StageFailure("audit", "interrupted", "interrupted by the user"))
+    return _shard_result(st, stages, tuple(int(i) for i in ids), time.perf_counter() - start)
+
+
+def _shard_result(st: _State, stages: _Stages, ids: tuple[int, ...], seconds: float) -> ShardResult:
+    def bools(t: Tensor) -> tuple[bool, ...]:
+        return tuple(bool(v) for v in t.cpu().tolist())
+
+    def globalise(failures: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], ...]:
+        return tuple({**f, "index": ids[int(f["index"])]} if "index" in f else dict(f) for f in failures)
+
+    info = st.cert_info
+    complete = info.get("complete", {}).get("results", [])
+    radius_info = dict(info.get("radius", {}))
+    return ShardResult(
+        ids=ids,
+        attacks=st.attack_report,
+        radius_attack=None if st.radius_attack is None else tuple(float(v) for v in st.radius_attack.tolist()),
+        radius_attack_info=dict(st.attack_info.get("radius", {})),
+        certified={e: {str(w): bools(t) for w, t in by.items()} for e, by in st.certified.items()},
+        falsified={e: bools(t) for e, t in st.falsified.items()},
+        radius_certified={str(w): tuple(float(v) for v in t.tolist()) for w, t in st.radius_certified.items()},
+        crosschecks=tuple(dataclasses.replace(c, failures=globalise(c.failures)) for c in st.crosschecks),
+        outcomes=tuple(info.get("outcomes", [])),
+        radius_info=radius_info,
+        complete=tuple(complete),
+        examples=tuple(st.examples),
+        flags=tuple(st.flags),
+        failures=tuple(stages.failures),
+        timing=dict(stages.timing),
+        interrupted=stages.interrupted,
+        seconds=seconds,
+    )
+
+
+def _merge(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _State, stages: _Stages,
+           shards: Sequence[ShardResult]) -> None:
+    """The shards' results into the audit's state, by sample id (samples no shard covers stay unset)."""
+    from lipaudit.attacks.ensemble import merge_reports
+
+    n = st.n
+    for shard in shards:
+        for name, seconds in shard.timing.items():
+            stages.timing[name] = stages.timing.get(name, 0.0) + seconds
+        for f in shard.failures:
+            if f not in stages.failures:
+                stages.failures.append(f)
+        stages.interrupted = stages.interrupted or shard.interrupted
+    if not shards:
+        return
+    covered = sorted(i for s in shards for i in s.ids)
+    pos = {i: k for k, i in enumerate(covered)}
+
+    def scatter(values: Sequence[tuple[Sequence[int], Sequence[Any]]], fill: Any, dtype: torch.dtype) -> Tensor:
+        out = torch.full((n,), fill, dtype=dtype)
+        for ids, vals in values:
+            out[torch.tensor(list(ids), dtype=torch.long)] = torch.tensor(list(vals), dtype=dtype)
+        return out
+
+    reports = [s.attacks for s in shards if s.attacks is not None]
+    if len(reports) == len(shards) and st.attack_plan is not None:
+        report = merge_reports(reports, [[pos[i] for i in s.ids] for s in shards], flags=st.model_flags)
+        st.attack_report = report
+        _attack_summary(_on_all(report, covered, n), config, st.attack_plan, st)
+        st.examples = _first_examples([e for s in shards for e in s.examples], config)
+    if all(s.radius_attack is not None for s in shards):
+        st.radius_attack = scatter([(s.ids, s.radius_attack or ()) for s in shards], math.nan, torch.float64)
+        st.attack_info["radius"] = _merge_radius_info([s.radius_attack_info for s in shards], st.radius_attack)
+    for eps in config.eps:
+        whos = dict.fromkeys(w for s in shards for w in s.certified.get(eps, {}))
+        for who in whos:
+            st.certified.setdefault(eps, {})[Certificate(who)] = scatter(
+                [(s.ids, s.certified[eps][who]) for s in shards if who in s.certified.get(eps, {})], False,
+                torch.bool)
+        if any(eps in s.falsified for s in shards):
+            st.falsified[eps] = scatter([(s.ids, s.falsified[eps]) for s in shards if eps in s.falsified], False,
+                                        torch.bool)
+    for who in dict.fromkeys(w for s in shards for w in s.radius_certified):
+        st.radius_certified[Certificate(who)] = scatter(
+            [(s.ids, s.radius_certified[who]) for s in shards if who in s.radius_certified], math.nan, torch.float64)
+    by_name: dict[str, list[CrossCheck]] = {}
+    for s in shards:
+        for c in s.crosschecks:
+            by_name.setdefault(c.name, []).append(c)
+    for name, checks in by_name.items():
+        failures = sorted((f for c in checks for f in c.failures), key=lambda f: int(f.get("index", -1)))
+        strongest = config.radius or (config.method_list[-1] if config.method_list else None)
+        fill = {"method": str(strongest)} if name == "certify-at-attack-radius" else {}
+        st.crosschecks.append(crosscheck(name, sum(c.checked for c in checks), failures, **fill))
+    st.cert_info["methods"] = [str(m) for m in config.method_list]
+    st.cert_info["outcomes"] = _merge_outcomes([o for s in shards for o in s.outcomes])
+    radius_rows = [s.radius_info for s in shards if s.radius_info]
+    if radius_rows:
+        total = sum(int(r["bound_computations"]) for r in radius_rows)
+        samples = sum(int(r["samples"]) for r in radius_rows)
+        st.cert_info["radius"] = {"method": radius_rows[0]["method"], "bound_computations": total,
+                                  "per_sample_mean": total / max(1, samples), "tol": radius_rows[0]["tol"],
+                                  "time_s": sum(float(r["time_s"]) for r in radius_rows),
+                                  "methods_used": sorted({m for r in radius_rows for m in r["methods_used"]})}
+    if any(s.complete for s in shards):
+        st.cert_info["complete"] = {"budget_s": config.complete_budget_s,
+                                    "results": _merge_complete(shards, n, config)}
+    seen = {(f.code, f.message) for f in st.flags}
+    for s in shards:
+        for flag in s.flags:
+            if (flag.code, flag.message) not in seen:
+                seen.add((flag.code, flag.message))
+                st.flags.append(flag)
+
+
+def _on_all(report: Any, covered: Sequence[int], n: int) -> Any:
+    """A merged report's per-sample flags placed on all ``n`` samples (uncovered samples: not attacked; the
+    assembly leaves them out)."""
+    results = []
+    for r in report.results:
+        attacked = [False] * n
+        for i, v in zip(covered, r.attacked, strict=True):
+            attacked[i] = v
+        results.append(dataclasses.replace(r, attacked=tuple(attacked)))
+    return dataclasses.replace(report, results=tuple(results))
+
+
+def _first_examples(examples: Sequence[Mapping[str, Any]], config: AuditConfig) -> list[dict[str, Any]]:
+    """The examples one run over every sample keeps: ordered by ε (ascending), then sample, the first ones."""
+    order = {eps_key(e): k for k, e in enumerate(sorted(config.eps))}
+    ranked = sorted(examples, key=lambda e: (order.get(eps_key(float(e["eps"])), len(order)), int(e["index"])))
+    return [dict(e) for e in ranked[:config.max_examples]]
+
+
+def _merge_radius_info(rows: Sequence[Mapping[str, Any]], radius: Tensor) -> dict[str, Any]:
+    finite = radius[torch.isfinite(radius)]
+    counts: dict[str, int] = {}
+    for r in rows:
+        for k, v in (r.get("counts") or {}).items():
+            counts[k] = counts.get(k, 0) + int(v)
+    first = rows[0] if rows else {}
+    return {**{k: v for k, v in first.items() if k not in ("counts", "wall_time_s", "n", "found",
+                                                             "median_radius")},
+            "n": sum(int(r.get("n", 0)) for r in rows), "found": int(finite.numel()),
+            "median_radius": finite_or_none(float(finite.median())) if finite.numel() else None,
+            "counts": counts, "wall_time_s": sum(float(r.get("wall_time_s", 0.0)) for r in rows)}
+
+
+def _merge_outcomes(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    counts = [str(k).replace("-", "_") for k in Outcome]
+    for r in rows:
+        key = (str(r["method"]), eps_key(float(r["eps"])))
+        if key not in merged:
+            merged[key] = {**r, "fallbacks": list(r["fallbacks"]), "messages": list(r["messages"]),
+                           "methods_used": list(r["methods_used"])}
+            continue
+        m = merged[key]
+        for k in counts:
+            m[k] = int(m.get(k, 0)) + int(r.get(k, 0))
+        m["time_s"] = float(m["time_s"]) + float(r["time_s"])
+        m["fallbacks"] = list(dict.fromkeys([*m["fallbacks"], *r["fallbacks"]]))
+        m["messages"] = sorted(set(m["messages"]) | set(r["messages"]))[:3]
+        m["methods_used"] = sorted(set(m["methods_used"]) | set(r["methods_used"]))
+    return list(merged.values())
+
+
+def _merge_complete(shards: Sequence[ShardResult], n: int, config: AuditConfig) -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for s in shards:
+        for r in s.complete:
+            key = eps_key(float(r["eps"]))
+            m = rows.setdefault(key, {"eps": r["eps"], "undecided_before": 0, "verified": 0, "falsified": 0,
+                                      "unknown": 0, "time_s": 0.0, "verdicts": [None] * n})
+            for k in ("undecided_before", "verified", "falsified", "unknown"):
+                m[k] += int(r[k])
+            m["time_s"] += float(r["time_s"])
+            for i, v in zip(s.ids, r["verdicts"], strict=True):
+                m["verdicts"][i] = v
+    return [rows[k] for k in sorted(rows, key=float)]
 
 
 #: Bound computations per sample of a radius bisection (gallop and halvings to the 2% tolerance), for the forecast.
@@ -696,14 +1006,12 @@ def _run_radius(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, met
     st.radius_certified[who] = radius
     st.cert_info["radius"] = {"method": str(method), "bound_computations": sum(rres.computations),
                               "per_sample_mean": sum(rres.computations) / max(1, len(rres.computations)),
+                              "samples": len(rres.computations),
                               "tol": config.radius_tol, "time_s": rres.time_s,
                               "methods_used": sorted({m for m in rres.method_used if m})}
     bad = [{"index": int(idx[k]), "message": rres.message[k] or ""} for k, s in enumerate(rres.status)
            if s == RadiusStatus.INCONSISTENT]
-    st.crosschecks.append(CrossCheck(
-        "radius-brackets", not bad, len(rres.status),
-        "the radius bisection's lower bracket (Lipschitz radius, ε certified by the sweep) ≤ its upper bracket "
-        "(attack radius)" + (f": {len(bad)} sample(s) with lower > upper" if bad else ""), tuple(bad)))
+    st.crosschecks.append(crosscheck("radius-brackets", len(rres.status), bad))
 
 
 def _certify_at_attack_radius(x: Tensor, y: Tensor, config: AuditConfig, method: Method, idx: Tensor, st: _State,
@@ -727,10 +1035,8 @@ def _certify_at_attack_radius(x: Tensor, y: Tensor, config: AuditConfig, method:
             outcome = certifier.certify_batch(x[i:i + 1], y[i:i + 1], float(radius[i]), method)[0]
             if outcome.status == Outcome.CERTIFIED:
                 certified.append(i)
-    failures = tuple({"index": i, "eps": float(radius[i]), "method": str(method)} for i in certified)
-    detail = (f"{method} bounds at ε = each sample's attack radius, where the radius attack found an adversarial "
-              f"example: none may certify" + (f"; {len(certified)} did (samples {certified[:8]})" if certified else ""))
-    return CrossCheck("certify-at-attack-radius", not certified, len(todo), detail, failures)
+    failures = [{"index": i, "eps": float(radius[i]), "method": str(method)} for i in certified]
+    return crosscheck("certify-at-attack-radius", len(todo), failures, method=str(method))
 
 
 def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, idx: Tensor, st: _State,
@@ -783,8 +1089,28 @@ def _run_complete(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, i
     st.cert_info["complete"] = {"budget_s": config.complete_budget_s, "results": rows}
 
 
+def _assemble_subset(model: nn.Module, x: Tensor, y: Tensor, st: _State, stages: _Stages, covered: Sequence[int],
+                     model_info: dict[str, Any], data_info: dict[str, Any], command: str) -> AuditResult:
+    """The result on the samples whose shards finished (an interrupted sharded audit): every per-sample figure
+    restricted to them; the samples keep their ids."""
+    rows = torch.tensor(list(covered), dtype=torch.long)
+
+    def cut(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[rows.to(t.device)]
+
+    sub = dataclasses.replace(
+        st, n=len(covered), prediction=cut(st.prediction), radius_lipschitz=cut(st.radius_lipschitz),
+        attacked={e: t[rows] for e, t in st.attacked.items()}, radius_attack=cut(st.radius_attack),
+        certified={e: {w: t[rows] for w, t in by.items()} for e, by in st.certified.items()},
+        falsified={e: t[rows] for e, t in st.falsified.items()},
+        radius_certified={w: t[rows] for w, t in st.radius_certified.items()})
+    info = {**data_info, "samples_missing": st.n - len(covered)}
+    return _assemble(model, x[rows.to(x.device)], y[rows.to(y.device)], sub, stages, model_info, info, command,
+                     ids=[int(i) for i in covered])
+
+
 def _assemble(model: nn.Module, x: Tensor, y: Tensor, st: _State, stages: _Stages, model_info: dict[str, Any],
-              data_info: dict[str, Any], command: str) -> AuditResult:
+              data_info: dict[str, Any], command: str, ids: Sequence[int] | None = None) -> AuditResult:
     from lipaudit.audit.crosscheck import ordering_violations, soundness_violations
     from lipaudit.lipschitz.certificate import certified_within
 
@@ -828,7 +1154,7 @@ def _assemble(model: nn.Module, x: Tensor, y: Tensor, st: _State, stages: _Stage
     samples = []
     for i in range(n):
         samples.append(SampleRecord(
-            index=i, label=labels[i], prediction=preds[i],
+            index=i if ids is None else ids[i], label=labels[i], prediction=preds[i],
             radius_lipschitz=lip_r[i] if correct[i] else 0.0,
             radius_certified={who: (r[i] if correct[i] else 0.0) for who, r in cert_r.items()},
             radius_attack=att_r[i] if correct[i] else 0.0,
