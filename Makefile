@@ -13,7 +13,7 @@ LIRPA  ?= auto-lirpa==0.3
 # ONNX models go through onnx2torch, which imports torchvision: the release matching TORCH, without its deps (its
 # PyPI wheel would otherwise pull another torch); lipaudit uses it for imports only (lipaudit/onnx_model.py).
 TORCHVISION ?= torchvision==0.28.0
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: setup demo demo-quick test test-slow test-all lint bench clean
 
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev,onnx]" scikit-learn
+	$(PIP) install -q -e ".[dev,onnx,distributed]" scikit-learn
 	$(PIP) install -q --no-deps "$(LIRPA)" mlxtend==0.25.0 onnx2torch==1.5.15 "$(TORCHVISION)"
 	touch $@
 

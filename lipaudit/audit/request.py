@@ -161,13 +161,15 @@ def model_info(loaded: Any, input_shape: tuple[int, ...], num_classes: int) -> d
     }
 
 
-def audit_file(request: AuditRequest, *, command: str = "", progress: Any = None) -> Any:
+def audit_file(request: AuditRequest, *, command: str = "", progress: Any = None, shards: Any = None) -> Any:
     """Load ``request.model`` and ``request.data``, check that they fit together, and audit the model.
 
     Args:
         request: what to audit and how.
         command: the command line recorded in the result (see :meth:`AuditRequest.command`).
         progress: a :class:`~lipaudit._progress.Progress` receiving per-stage progress.
+        shards: the runner of the per-sample stages (:mod:`lipaudit.distributed`; default: one shard, in this
+            process); its ``stats`` become the result's ``execution``.
 
     Returns:
         The :class:`~lipaudit.audit.result.AuditResult` (status partial when a stage failed or was interrupted).
@@ -192,9 +194,15 @@ def audit_file(request: AuditRequest, *, command: str = "", progress: Any = None
     input_shape = tuple(int(s) for s in x.shape[1:])
     num_classes = _num_classes(loaded.module, x, y, input_shape)
     config = request.config()
-    return run_audit(loaded.module, x, y, config, model_info=model_info(loaded, input_shape, num_classes),
-                     data_info={"data": dataset.name, "split": request.split, "seed": request.seed},
-                     command=command, progress=progress)
+    result = run_audit(loaded.module, x, y, config, model_info=model_info(loaded, input_shape, num_classes),
+                       data_info={"data": dataset.name, "split": request.split, "seed": request.seed},
+                       command=command, progress=progress, shards=shards)
+    stats = getattr(shards, "stats", None)
+    if stats is None:
+        return result
+    import dataclasses
+
+    return dataclasses.replace(result, execution={**stats.to_dict(), "merge_s": result.timing.get("merge", 0.0)})
 
 
 def _num_classes(module: Any, x: Any, y: Any, input_shape: tuple[int, ...]) -> int:

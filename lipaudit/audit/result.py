@@ -46,7 +46,7 @@ __all__ = [
     "eps_key",
 ]
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 
 
 class Certificate(enum.StrEnum):
@@ -199,7 +199,9 @@ class AuditResult:
     Mappings given for the typed parts (``layers`` rows, ``lipschitz``, ``flags``, ``failures``, ...) are turned into
     their dataclasses on construction, so a result built from JSON and one built by
     :func:`~lipaudit.audit.run.run_audit` are the same kind of object. ``status`` is :attr:`Status.PARTIAL` when
-    interrupted or when a stage failed (``failures`` says which).
+    interrupted or when a stage failed (``failures`` says which). ``execution`` says how the per-sample stages ran
+    (in this process or as Ray tasks: shards, reused and computed shards, retries, fixed costs; empty for one
+    in-process shard).
     """
 
     model: Mapping[str, Any]
@@ -220,6 +222,7 @@ class AuditResult:
     examples: Sequence[Mapping[str, Any]] = ()
     environment: Mapping[str, Any] = field(default_factory=dict)
     command: str = ""
+    execution: Mapping[str, Any] = field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -478,7 +478,8 @@ def _run_stages(model: nn.Module, logits: Tensor, x: Tensor, y: Tensor, st: _Sta
             if shard.interrupted:
                 raise KeyboardInterrupt
     finally:
-        _merge(model, x, y, config, st, stages, results)
+        with stages.stage("merge"):
+            _merge(model, x, y, config, st, stages, results)
     return st.shards_info.pop("covered")
 
 

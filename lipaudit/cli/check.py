@@ -96,12 +96,24 @@ def require_measured(result: Any) -> None:
 @click.option("--fail-under-robust", type=click.FloatRange(0, 1), default=None,
               help="Exit 4 when the worst-case empirical robust accuracy at some ε is below this fraction.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [default: when a terminal].")
+@click.option("--workers", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Run the per-sample stages as Ray tasks on an embedded cluster of N workers (needs the "
+                   "distributed extra); finished shards are kept in --results-dir and a re-run computes only the "
+                   "missing ones.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Join the running Ray cluster at ADDR (e.g. ray://head:10001) instead of starting one.")
+@click.option("--shard-size", default=None, type=click.IntRange(min=1), metavar="K",
+              help="Samples per shard [default: about four shards per worker]. Alone (no --workers): shards run "
+                   "in this process, kept in --results-dir, so an interrupted audit resumes.")
+@click.option("--results-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder of the finished shards [default: next to the report, <report>.shards].")
 def check(model: str, arch: str | None, unsafe_pickle: bool, mean: tuple[float, ...] | None,
           std: tuple[float, ...] | None, device: str, data: str, split: str, n: int, seed: int, norm: Norm,
           eps: tuple[float, ...] | None, methods: tuple[Method, ...] | str, radius: bool, attack_steps: int | None,
           attack_targets: int, attack_budget: float, memory_budget: float, time_budget: float,
           certify_budget: float, complete: float | None, output: str | None, json_path: str | None,
-          fail_under_certified: float | None, fail_under_robust: float | None, progress: bool | None) -> None:
+          fail_under_certified: float | None, fail_under_robust: float | None, progress: bool | None,
+          workers: int | None, ray_address: str | None, shard_size: int | None, results_dir: str | None) -> None:
     """Audit MODEL: layer norms, Lipschitz bounds, certification, attacks and their cross-checks.
 
     Writes one self-contained HTML report and a JSON file with every number in it. Exit status: 0 ok, 1 failure
@@ -130,11 +142,14 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: tuple[float, 
     json_file = Path(json_path) if json_path else html_path.with_suffix(".json")
     check_writable(html_path)
     check_writable(json_file)
+    runner = shard_runner(workers, ray_address, shard_size, results_dir, html_path, device)
     bars = tqdm_progress(progress)
     try:
-        result = audit_file(request, command=request.command(html_path, json_file), progress=bars)
+        result = audit_file(request, command=request.command(html_path, json_file), progress=bars, shards=runner)
     finally:
         bars.close()
+        if runner is not None and hasattr(runner, "close"):
+            runner.close()
     require_measured(result)
     plan = (result.attacks or {}).get("plan") or {}
     if attack_steps is None and plan.get("steps"):  # the Reproduce line names the budget that ran, not "auto"
@@ -145,6 +160,23 @@ def check(model: str, arch: str | None, unsafe_pickle: bool, mean: tuple[float, 
     code = exit_code_for(result, fail_under_certified, fail_under_robust)
     if code:
         sys.exit(code)
+
+
+def shard_runner(workers: int | None, ray_address: str | None, shard_size: int | None, results_dir: str | None,
+                 report: Path, device: str) -> Any:
+    """The runner of the per-sample stages the options ask for: Ray tasks (``--workers``, ``--ray-address``),
+    shards in this process (``--shard-size`` alone), or ``None`` (one shard, nothing kept)."""
+    if workers is None and ray_address is None and shard_size is None:
+        return None
+    from lipaudit.distributed import LocalShards, RayShards, require_ray
+
+    folder = Path(results_dir) if results_dir else report.with_suffix(".shards")
+    if folder.exists() and not folder.is_dir():
+        raise click.BadParameter(f"{str(folder)!r} is a file, not a folder", param_hint="--results-dir")
+    if workers is None and ray_address is None:
+        return LocalShards(shard_size=shard_size, folder=folder)
+    require_ray()
+    return RayShards(workers or 1, address=ray_address, shard_size=shard_size, folder=folder, device=device)
 
 
 def summary_lines(result: Any) -> list[str]:

@@ -1,0 +1,102 @@
+"""Sharded audits on a local 2-worker Ray cluster: the merged decisions equal the single-process run's; a worker
+killed mid-shard has its shard retried and the audit completes with every sample; a re-run after an interruption
+computes only the missing shards. Without Ray, ``--workers`` is a one-line error naming the extra."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the distributed extra (ray) is not installed")
+pytestmark = pytest.mark.xdist_group("ray")  # one test process, one cluster: the module's tests share it
+
+from lipaudit.distributed import RayShards, start_local_cluster  # noqa: E402
+from tests.test_shards import _StopAfter, audit, config, decisions, same_radii, trained  # noqa: E402, F401
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stage doubles below travel by value
+    start_local_cluster(2)
+    yield ray
+    ray.shutdown()
+
+
+class _KillOnce:
+    """The attack ensemble, except that the first worker to run the shard of sample 0 kills itself mid-shard (after
+    the shard started, before it returns): a worker lost to the operating system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import lipaudit.attacks
+
+        ids = kwargs.get("ids")
+        if ids is not None and int(ids[0]) == 0 and not self.marker.exists():
+            self.marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return lipaudit.attacks.evaluate_attacks(*args, **kwargs)
+
+
+def test_ray_shards_decide_what_one_process_decides(trained: Any, cluster: Any, tmp_path: Path) -> None:
+    cfg = config()
+    whole = audit(trained, cfg)
+    runner = RayShards(2, shard_size=5, folder=tmp_path)
+    sharded = audit(trained, cfg, shards=runner)
+    assert decisions(sharded) == decisions(whole)
+    same_radii(sharded, whole)
+    assert (runner.stats.shards, runner.stats.computed, runner.stats.retried) == (5, 5, 0)
+    assert len(list(tmp_path.glob("shard-*.json"))) == 5
+
+
+def test_a_killed_worker_s_shard_is_retried_and_every_sample_is_audited(trained: Any, cluster: Any,
+                                                                        tmp_path: Path) -> None:
+    from lipaudit.audit.run import Engines
+
+    cfg = config(radius_method=None)
+    whole = audit(trained, cfg)
+    marker = tmp_path / "killed"
+    runner = RayShards(2, shard_size=8)
+    model, x, y = trained
+    from lipaudit.audit.run import run_audit
+
+    result = run_audit(model, x, y, cfg, model_info={"path": "mlp.pt"},
+                       data_info={"data": "digits", "split": "test", "seed": 3}, shards=runner,
+                       engines=Engines(attacks=_KillOnce(marker)))
+    assert marker.exists()  # a worker did die
+    assert runner.stats.retried >= 1 and runner.stats.computed == 3
+    assert result.status == "complete" and len(result.samples) == 24
+    assert decisions(result) == decisions(whole)
+
+
+def test_a_rerun_after_an_interruption_computes_only_the_missing_shards(trained: Any, cluster: Any,
+                                                                        tmp_path: Path) -> None:
+    cfg = config()
+    first = RayShards(2, shard_size=4, folder=tmp_path)
+    partial = audit(trained, cfg, shards=first, progress=_StopAfter(2))
+    assert partial.interrupted
+    kept = len(list(tmp_path.glob("shard-*.json")))
+    assert 2 <= kept < 6  # the finished shards (a third may have finished while the first two were merged)
+    assert len(partial.samples) == 4 * 2 and partial.threat_model["samples_missing"] == 16
+    second = RayShards(2, shard_size=4, folder=tmp_path)
+    final = audit(trained, cfg, shards=second)
+    assert (second.stats.reused, second.stats.computed) == (kept, 6 - kept)
+    assert decisions(final) == decisions(audit(trained, cfg))
+
+
+def test_workers_without_ray_name_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.test_cli_check import run
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as without the extra
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"")
+    res = run(["check", str(model), "--workers", "2", "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pip install 'lipaudit[distributed]'" in lines[0], res.output
