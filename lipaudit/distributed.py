@@ -40,8 +40,18 @@ from lipaudit._progress import NullProgress, Progress
 from lipaudit.audit.shards import ShardResult, ShardStore, split
 from lipaudit.errors import UsageError
 
-__all__ = ["ExecutionStats", "LocalShards", "RayShards", "audit_key", "pack_model", "require_ray", "shard_size_for",
-           "start_local_cluster", "unpack_model"]
+__all__ = [
+    "ExecutionStats",
+    "LocalShards",
+    "RayShards",
+    "audit_key",
+    "pack_model",
+    "ray_verify",
+    "require_ray",
+    "shard_size_for",
+    "start_local_cluster",
+    "unpack_model",
+]
 
 _EXTRA = "pip install 'lipaudit[distributed]'"
 
@@ -392,3 +402,65 @@ class RayShards(_Runner):
         self.stats.retried = sum(max(0, c - 1) for c in starts.values())
 
 
+
+
+# ---- verify --instances: one Ray task per instance --------------------------------------------------------------
+
+_WORKER_VERIFIER: Any = None
+
+
+def _verify_task(onnx: bytes, onnx_name: str, vnnlib: bytes, vnnlib_name: str, timeout_s: float,
+                 threads: int) -> tuple[Any, str]:
+    """One instance on a Ray worker: the files written to a scratch folder, the network parsed once per worker."""
+    import tempfile
+    from pathlib import Path
+
+    from lipaudit.vnncomp import Verifier
+
+    global _WORKER_VERIFIER
+    torch.set_num_threads(threads)
+    if _WORKER_VERIFIER is None:
+        _WORKER_VERIFIER = Verifier()
+    key = hashlib.sha256(onnx).hexdigest()
+    with tempfile.TemporaryDirectory(prefix="lipaudit-verify-") as tmp:
+        net = Path(tmp) / Path(onnx_name).name
+        spec = Path(tmp) / Path(vnnlib_name).name
+        net.write_bytes(onnx)
+        spec.write_bytes(vnnlib)
+        return _WORKER_VERIFIER(net, spec, timeout_s, key=key)
+
+
+def ray_verify(items: Any, budgets: list[float], *, workers: int = 2, address: str | None = None,
+               max_retries: int = 3, threads: int = 1) -> Iterator[tuple[int, tuple[Any, str]]]:
+    """Decide benchmark instances as Ray tasks (one per instance, each network's bytes broadcast once); yields
+    ``(index, (VerifyResult, result-file text))`` as they finish. Ctrl-C cancels what is still running."""
+    ray = require_ray()
+    started = False
+    if not ray.is_initialized():
+        if address is None:
+            start_local_cluster(workers, sum(i.onnx.stat().st_size for i in items))
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        started = True
+    try:
+        task = ray.remote(max_retries=max_retries, retry_exceptions=False, num_cpus=1)(_verify_task)
+        nets: dict[Any, Any] = {}
+        pending: dict[Any, int] = {}
+        for k, inst in enumerate(items):
+            if inst.onnx not in nets:
+                nets[inst.onnx] = ray.put(inst.onnx.read_bytes())
+            ref = task.remote(nets[inst.onnx], inst.onnx.name, inst.vnnlib.read_bytes(), inst.vnnlib.name,
+                              budgets[k], threads)
+            pending[ref] = k
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    k = pending.pop(ref)
+                    yield k, ray.get(ref)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+    finally:
+        if started:
+            ray.shutdown()

@@ -16,15 +16,30 @@ import html
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lipaudit.certify.spec import Verdict
 from lipaudit.errors import UsageError
 
-__all__ = ["Instance", "InstanceResult", "Suite", "ToolAnswer", "ToolRow", "match", "read_instances",
-           "read_tool_results", "render_html", "run_suite", "summarise", "tool_verdict", "write_suite"]
+__all__ = [
+    "Instance",
+    "InstanceResult",
+    "Suite",
+    "ToolAnswer",
+    "ToolRow",
+    "Verifier",
+    "match",
+    "read_instances",
+    "read_tool_results",
+    "render_html",
+    "result_name",
+    "run_suite",
+    "summarise",
+    "tool_verdict",
+    "write_suite",
+]
 
 _PROVED = {"unsat", "holds"}
 _FALSIFIED = {"sat", "violated"}
@@ -223,31 +238,81 @@ def _median(values: Sequence[float]) -> float | None:
 
 
 def run_suite(
-    instances: Sequence[Instance], verify: Callable[[Instance], Any], tools: dict[str, list[ToolRow]],
+    instances: Sequence[Instance], verify: Callable[[Instance], Any] | None, tools: dict[str, list[ToolRow]],
     *, instances_file: str, threads: int, on_result: Callable[[InstanceResult, int], None] | None = None,
+    answers: Iterable[tuple[int, Any]] | None = None,
 ) -> Suite:
-    """Run ``verify`` (instance → :class:`~lipaudit.certify.bab.VerifyResult`) on every instance in order.
+    """Run ``verify`` (instance → :class:`~lipaudit.certify.bab.VerifyResult`) on every instance in order, or take
+    ``answers`` (``(instance index, VerifyResult)`` in any order, e.g. as Ray tasks finish) instead.
 
     A ``KeyboardInterrupt`` stops the run between or inside instances; the suite returned then holds what finished
-    (``complete`` False). ``on_result`` is called after each instance with its result and the count done.
+    (``complete`` False), in the instances' order. ``on_result`` is called after each instance with its result and
+    the count done.
     """
     start = time.perf_counter()
     suite = Suite(instances_file, list(tools), [], len(instances), False, 0.0, threads)
+    if answers is None:
+        if verify is None:
+            raise UsageError("Expected a verify function or the answers")
+        answers = ((k, verify(inst)) for k, inst in enumerate(instances))
+    got: dict[int, InstanceResult] = {}
     try:
-        for inst in instances:
-            res = verify(inst)
+        for k, res in answers:
+            inst = instances[k]
             bench = inst.onnx.parent.name if inst.onnx.parent.name else None
             others = {t: a for t, rows in tools.items() if (a := match(inst, rows, bench)) is not None}
             row = InstanceResult(inst.onnx_text, inst.vnnlib_text, inst.timeout_s, res.verdict, res.decided_by,
                                  res.time_s, res.domains, res.reason, others)
-            suite.results.append(row)
+            got[k] = row
             if on_result is not None:
-                on_result(row, len(suite.results))
-        suite.complete = True
+                on_result(row, len(got))
+        suite.complete = len(got) == len(instances)
     except KeyboardInterrupt:
         suite.complete = False
+    suite.results = [got[k] for k in sorted(got)]
     suite.wall_s = time.perf_counter() - start
     return suite
+
+
+def result_name(inst: Instance) -> str:
+    """The file name of an instance's competition result file: the network's stem and the property's path."""
+    parts = [p for p in Path(inst.vnnlib_text).with_suffix("").parts if p not in (".", "..")]
+    return f"{Path(inst.onnx_text).stem}__{'_'.join(parts)}.txt"
+
+
+class Verifier:
+    """Decides instances one at a time, keeping one :class:`~lipaudit.certify.bab.BranchAndBound` per network (its
+    model parsed once). An instance lipaudit cannot run (a refused property, an unloadable network) is unknown,
+    with the reason."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, Any] = {}
+
+    def __call__(self, onnx: Path, vnnlib: Path, timeout_s: float, key: str | None = None) -> tuple[Any, str]:
+        """``(VerifyResult, result-file text)`` of the property ``vnnlib`` on the network ``onnx``."""
+        import torch
+
+        from lipaudit.certify.bab import BabOptions, BranchAndBound, VerifyResult
+        from lipaudit.errors import LipauditError, first_line
+        from lipaudit.io.load import load_model
+        from lipaudit.io.vnnlib import read_vnnlib, result_text
+
+        name = key or str(onnx)
+        try:
+            if name not in self._engines:
+                loaded = load_model(onnx)
+                shape = tuple(loaded.input_shape) if loaded.input_shape else None
+                self._engines[name] = (BranchAndBound(loaded.module, shape or (0,), BabOptions()), shape)
+            bab, shape = self._engines[name]
+            prop = read_vnnlib(vnnlib, shape)
+        except LipauditError as err:
+            return VerifyResult(Verdict.UNKNOWN, "error", 0.0, reason=first_line(err)), "unknown\n"
+        res = bab.verify(prop, timeout_s=timeout_s)
+        outputs = None
+        if res.counterexample is not None:
+            with torch.no_grad():
+                outputs = bab.model64(res.counterexample.unsqueeze(0))[0]
+        return res, result_text(res.verdict.competition_word, res.counterexample, outputs)
 
 
 _WORD_CLASS = {Verdict.VERIFIED: "v", Verdict.FALSIFIED: "f", Verdict.UNKNOWN: "u"}

@@ -16,7 +16,12 @@ ray = pytest.importorskip("ray", reason="the distributed extra (ray) is not inst
 pytestmark = pytest.mark.xdist_group("ray")  # one test process, one cluster: the module's tests share it
 
 from lipaudit.distributed import RayShards, start_local_cluster  # noqa: E402
-from tests.test_shards import _StopAfter, audit, config, decisions, same_radii, trained  # noqa: E402, F401
+from tests.test_shards import _StopAfter, audit, config, decisions, same_radii, train_mlp  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained() -> Any:
+    return train_mlp()
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +105,35 @@ def test_workers_without_ray_name_the_extra(monkeypatch: pytest.MonkeyPatch, tmp
     assert res.exit_code == 2, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "pip install 'lipaudit[distributed]'" in lines[0], res.output
+
+
+def test_verify_instances_on_ray_gives_the_sequential_answers(cluster: Any, tmp_path: Path) -> None:
+    """One Ray task per instance: the same verdicts and result files as one process, in the instances' order."""
+    pytest.importorskip("onnx")
+    import json
+
+    from tests.test_cli_check import run
+    from tests.test_cli_verify import _export, _label, _mlp, _near_boundary, _spec
+
+    model = _mlp()
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    _export(model, bench / "mlp.onnx")
+    centre = _near_boundary(model, 0.2)
+    label = _label(model, centre)
+    rows = []
+    for k, eps in enumerate((0.0001, 0.2, 0.001, 0.05)):
+        _spec(bench / f"p{k}.vnnlib", centre, eps, label)
+        rows.append(f"mlp.onnx,p{k}.vnnlib,30\n")
+    (bench / "instances.csv").write_text("".join(rows))
+    answers = {}
+    for name, extra in (("one", []), ("ray", ["--workers", "2"])):
+        out = tmp_path / name
+        res = run(["verify", "--instances", str(bench / "instances.csv"), "--out", str(out), "--no-progress",
+                   *extra])
+        assert res.exit_code == 0, res.output
+        data = json.loads((out / "verify.json").read_text())
+        files = {p.name: p.read_text().splitlines()[0] for p in (out / "results").iterdir()}
+        answers[name] = ([(r["vnnlib"], r["verdict"]) for r in data["instances"]], files)
+    assert answers["ray"] == answers["one"]
+    assert [v for _, v in answers["one"][0]][:2] == ["verified", "falsified"]

@@ -30,6 +30,10 @@ from lipaudit.types import Method, Norm
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    return train_mlp()
+
+
+def train_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A small MLP trained for a moment on scikit-learn's digits, and 24 test digits."""
     from lipaudit.io.data import load_data
 

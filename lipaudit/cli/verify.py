@@ -39,10 +39,15 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 @click.option("--timeout-scale", type=float, default=1.0, show_default=True, callback=_positive,
               help="With --instances: multiply every instance's time-out (1 = the competition's).")
 @click.option("--no-progress", is_flag=True, default=False, help="No progress lines on stderr.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), metavar="N",
+              help="With --instances: one Ray task per instance on an embedded cluster of N workers (needs the "
+                   "distributed extra).")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="With --instances: join the running Ray cluster at ADDR instead of starting one.")
 def verify(model: str | None, spec: str | None, arch: str | None, unsafe_pickle: bool, mean: tuple[float, ...] | None,
            std: tuple[float, ...] | None, device: str, timeout: float | None, result_path: str | None, as_json: bool,
            instances: str | None, compare_files: tuple[str, ...], out_dir: str, timeout_scale: float,
-           no_progress: bool) -> None:
+           no_progress: bool, workers: int | None, ray_address: str | None) -> None:
     """Decide whether MODEL satisfies the VNN-LIB property SPEC: prints unsat (verified: no counterexample
     exists), sat (a counterexample, re-checked in float64) or unknown (the time-out came first).
 
@@ -53,8 +58,11 @@ def verify(model: str | None, spec: str | None, arch: str | None, unsafe_pickle:
     if instances is not None:
         if model is not None or spec is not None:
             raise UsageError("Give either MODEL SPEC or --instances CSV, not both")
-        _run_instances(instances, compare_files, Path(out_dir), timeout_scale, timeout, not no_progress)
+        _run_instances(instances, compare_files, Path(out_dir), timeout_scale, timeout, not no_progress,
+                       workers=workers, address=ray_address)
         return
+    if workers is not None or ray_address is not None:
+        raise UsageError("--workers and --ray-address run the instances of a benchmark: use them with --instances")
     if model is None or spec is None:
         raise UsageError("Expected MODEL and SPEC (a .vnnlib file), or --instances CSV")
     if compare_files:
@@ -107,41 +115,29 @@ def _outputs(bab: Any, res: Any) -> Any:
 
 
 def _run_instances(path: str, compare_files: tuple[str, ...], out: Path, scale: float, timeout: float | None,
-                   progress: bool) -> None:
+                   progress: bool, *, workers: int | None = None, address: str | None = None) -> None:
     import torch
 
-    from lipaudit.certify.bab import BabOptions, BranchAndBound, VerifyResult
-    from lipaudit.certify.spec import Verdict
-    from lipaudit.errors import LipauditError, first_line
-    from lipaudit.io.load import load_model
-    from lipaudit.io.vnnlib import read_vnnlib, result_text
-    from lipaudit.vnncomp import read_instances, read_tool_results, run_suite, write_suite
+    from lipaudit.vnncomp import Verifier, read_instances, read_tool_results, result_name, run_suite, write_suite
 
     items = read_instances(path)
     tools = dict(read_tool_results(f) for f in compare_files)
-    engines: dict[Path, Any] = {}
     (out / "results").mkdir(parents=True, exist_ok=True)
     budget = [timeout if timeout is not None else inst.timeout_s * scale for inst in items]
     spent: list[float] = []
+    if workers is not None or address is not None:
+        from lipaudit.distributed import ray_verify, require_ray
 
-    def one(inst: Any) -> Any:
-        parts = [p for p in Path(inst.vnnlib_text).with_suffix("").parts if p not in (".", "..")]
-        name = f"{Path(inst.onnx_text).stem}__{'_'.join(parts)}.txt"
-        try:
-            if inst.onnx not in engines:
-                loaded = load_model(inst.onnx)
-                shape = tuple(loaded.input_shape) if loaded.input_shape else None
-                engines[inst.onnx] = (BranchAndBound(loaded.module, shape or (0,), BabOptions()), shape)
-            bab, shape = engines[inst.onnx]
-            prop = read_vnnlib(inst.vnnlib, shape)
-        except LipauditError as err:  # one instance lipaudit cannot run (a refused property, an unloadable net)
-            res = VerifyResult(Verdict.UNKNOWN, "error", 0.0, reason=first_line(err))
-            (out / "results" / name).write_text("unknown\n", encoding="utf-8")
-            return res
-        res = bab.verify(prop, timeout_s=budget[len(spent)])
-        (out / "results" / name).write_text(result_text(res.verdict.competition_word, res.counterexample,
-                                                        _outputs(bab, res)), encoding="utf-8")
-        return res
+        require_ray()
+        decided: Any = ray_verify(items, budget, workers=workers or 1, address=address)
+    else:
+        verifier = Verifier()
+        decided = ((k, verifier(inst.onnx, inst.vnnlib, budget[k])) for k, inst in enumerate(items))
+
+    def answers() -> Any:
+        for k, (res, text) in decided:
+            (out / "results" / result_name(items[k])).write_text(text, encoding="utf-8")
+            yield k, res
 
     def report(row: Any, done: int) -> None:
         spent.append(row.time_s)
@@ -151,7 +147,7 @@ def _run_instances(path: str, compare_files: tuple[str, ...], out: Path, scale: 
         counts = {w: seen.count(w) for w in ("unsat", "sat", "unknown")}
         mean = sum(spent) / len(spent)
         remaining = len(items) - done
-        eta = min(mean * remaining, sum(budget[done:]))
+        eta = min(mean * remaining / max(1, workers or 1), sum(budget[done:]))
         click.echo(f"[{done}/{len(items)}] {row.onnx} {row.vnnlib}: {row.verdict.competition_word} "
                    f"({row.time_s:.1f} s, {row.decided_by}) · so far {counts['unsat']} unsat / {counts['sat']} sat "
                    f"/ {counts['unknown']} unknown · ETA {eta / 60:.0f} min", err=True)
@@ -161,9 +157,16 @@ def _run_instances(path: str, compare_files: tuple[str, ...], out: Path, scale: 
     for f in compare_files:
         args += ["--compare", f]
     args += ["--out", str(out)] + (["--timeout", repr(timeout)] if timeout is not None else []) + (
-        ["--timeout-scale", repr(scale)] if scale != 1.0 else [])
+        ["--timeout-scale", repr(scale)] if scale != 1.0 else []) + (
+        ["--workers", str(workers)] if workers is not None else []) + (
+        ["--ray-address", address] if address is not None else [])
     command = shlex.join(args)
-    suite = run_suite(items, one, tools, instances_file=path, threads=torch.get_num_threads(), on_result=report)
+    try:
+        suite = run_suite(items, None, tools, instances_file=path, threads=torch.get_num_threads(),
+                          on_result=report, answers=answers())
+    finally:
+        if hasattr(decided, "close"):  # Ray: cancel what still runs and stop the cluster started for this run
+            decided.close()
     json_path, html_path = write_suite(suite, out, command)
     summary = suite.to_dict()["summary"]
     ours = summary["lipaudit"]
