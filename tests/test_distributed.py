@@ -137,3 +137,42 @@ def test_verify_instances_on_ray_gives_the_sequential_answers(cluster: Any, tmp_
         answers[name] = ([(r["vnnlib"], r["verdict"]) for r in data["instances"]], files)
     assert answers["ray"] == answers["one"]
     assert [v for _, v in answers["one"][0]][:2] == ["verified", "falsified"]
+
+
+class _StableStub:
+    """train_and_audit's stand-in with numbers from the model's name and seed alone (crc32, not Python's per-process
+    string hash), so a worker process and the driver produce the same."""
+
+    def __call__(self, name: str, config: Any, folder: Path, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        import zlib
+
+        import numpy as np
+
+        from lipaudit.experiments import MNIST
+
+        rng = np.random.default_rng(zlib.crc32(f"{name}/{config.seed}".encode()))
+        layers = [{"name": str(i), "type": t, "l1": float(rng.uniform(1, 9)), "l2_upper": float(rng.uniform(1, 3)),
+                   "linf": float(rng.uniform(1, 9))} for i, t in enumerate(("Conv2d", "ReLU", "Linear"))]
+        result = {"layers": layers, "accuracy": [
+            {"eps": e, "clean": 0.9, "worst_case": float(rng.uniform(0.2, 0.9)), "certified": {"IBP": 0.1}}
+            for e in MNIST.eval_eps]}
+        return result, {"final": {"test_accuracy": 0.9 + 0.01 * config.seed, "epoch": 3, "epochs_run": 5}}
+
+
+def test_reproduce_on_ray_trains_one_task_per_model_and_matches_one_process(cluster: Any, tmp_path: Path) -> None:
+    from lipaudit.experiments import MNIST, paper_grid
+    from lipaudit.reproduction import run_reproduction
+
+    n_setups = len(paper_grid(MNIST, 0, quick=True))
+    one = run_reproduction(MNIST, tmp_path / "one", seeds=[0, 1], archs=["small_cnn"], quick=True,
+                           train_and_audit=_StableStub(), log=lambda _: None)
+    lines: list[str] = []
+    many = run_reproduction(MNIST, tmp_path / "ray", seeds=[0, 1], archs=["small_cnn"], quick=True,
+                            train_and_audit=_StableStub(), log=lines.append, workers=2)
+    assert many["run"]["computed"] == 2 * n_setups and len(lines) == 2 * n_setups
+    assert many["claims"] == one["claims"]
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in many["models"]]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in one["models"]]  # the grid's order
+    again = run_reproduction(MNIST, tmp_path / "ray", seeds=[0, 1], archs=["small_cnn"], quick=True,
+                             train_and_audit=_StableStub(), log=lambda _: None, workers=2)
+    assert again["run"]["computed"] == 0 and again["run"]["reused"] == 2 * n_setups

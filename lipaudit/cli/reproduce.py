@@ -39,9 +39,16 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--setups", default=None, help="Comma-separated subset of the set-ups (plain always among them).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--progress/--no-progress", default=None)
+@click.option("--workers", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Train and audit the models as Ray tasks (one per model) on an embedded cluster of N workers "
+                   "(needs the distributed extra).")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Join the running Ray cluster at ADDR instead (OUT must be on a file system every worker "
+                   "writes).")
 def reproduce(preset: str, data: str | None, out: str, seeds: int, seed_list: str | None, archs: str | None,
               epochs: int | None, n: int | None, n_train: int | None, width: int | None, quick: bool,
-              setups: str | None, device: str, progress: bool | None) -> None:
+              setups: str | None, device: str, progress: bool | None, workers: int | None,
+              ray_address: str | None) -> None:
     """Train the paper's set-ups (plain; norm decay ℓ1/ℓ∞, weight decay and SVC over a grid; PGD-AT, TRADES, ALP)
     for several seeds and architectures, audit each on the same test points, and write OUT/index.html (the claims
     table with confidence intervals and verdicts, then every model), OUT/summary.md and OUT/summary.json.
@@ -54,6 +61,10 @@ def reproduce(preset: str, data: str | None, out: str, seeds: int, seed_list: st
     from lipaudit.experiments import PROTOCOLS
     from lipaudit.reproduction import run_reproduction
 
+    if workers is not None or ray_address is not None:
+        from lipaudit.distributed import require_ray
+
+        require_ray()
     protocol = PROTOCOLS[preset]
     if preset == "paper":
         if data is None:
@@ -95,7 +106,7 @@ def reproduce(preset: str, data: str | None, out: str, seeds: int, seed_list: st
     subset = [t.strip() for t in setups.split(",") if t.strip()] if setups else None
     summary = run_reproduction(protocol, folder, seeds=seed_values, archs=chosen, quick=quick, progress=progress,
                                trained_by=trained_by, device=device, setups=subset,
-                               log=lambda line: click.echo(line, err=True))
+                               log=lambda line: click.echo(line, err=True), workers=workers, address=ray_address)
     run = summary["run"]
     click.echo(f"lipaudit: {len(summary['models'])} models ({run['computed']} trained now, {run['reused']} "
                f"reused) in {run['wall_seconds']:.0f} s; claims in {folder / 'index.html'} and "
