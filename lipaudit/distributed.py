@@ -237,6 +237,7 @@ def unpack_model(data: bytes, device: torch.device) -> nn.Module:
 
 
 _WORKER_MODELS: dict[str, nn.Module] = {}
+_WORKER_CERTIFIERS: dict[str, Any] = {}
 
 
 def _task_device(device: str) -> torch.device:
@@ -257,6 +258,7 @@ def _shard_task(packed: Any, key: str, x: Tensor, y: Tensor, ids: tuple[int, ...
     model = _WORKER_MODELS.get(key)
     if model is None:
         _WORKER_MODELS.clear()
+        _WORKER_CERTIFIERS.clear()
         model = unpack_model(packed, dev)
         model.eval()
         _WORKER_MODELS[key] = model
@@ -272,7 +274,17 @@ def _shard_task(packed: Any, key: str, x: Tensor, y: Tensor, ids: tuple[int, ...
             last[0] = now
             hub.update.remote(ids[0], len(ids), stage, done, total)
 
-    shard = run_shard(model, x.to(dev), y.to(dev), ids, work, engines=engines, progress=report)
+    xs, ys = x.to(dev), y.to(dev)
+    certifier = _WORKER_CERTIFIERS.get(key)
+    if certifier is None and work.config.method_list:
+        from lipaudit.audit.run import make_certifier
+        from lipaudit.errors import LipauditError
+
+        try:  # once per worker and audit: auto_LiRPA parses the model here
+            certifier = _WORKER_CERTIFIERS[key] = make_certifier(model, xs, work.config, engines)
+        except LipauditError:
+            certifier = None  # the shard builds it again and records why it cannot
+    shard = run_shard(model, xs, ys, ids, work, engines=engines, progress=report, certifier=certifier)
     return shard.to_dict()
 
 

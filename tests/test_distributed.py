@@ -176,3 +176,11 @@ def test_reproduce_on_ray_trains_one_task_per_model_and_matches_one_process(clus
     again = run_reproduction(MNIST, tmp_path / "ray", seeds=[0, 1], archs=["small_cnn"], quick=True,
                              train_and_audit=_StableStub(), log=lambda _: None, workers=2)
     assert again["run"]["computed"] == 0 and again["run"]["reused"] == 2 * n_setups
+
+
+@pytest.mark.parametrize("text, message", [("gpu", "Expected cpu, cuda or cuda:N"), ("cuda:x", "cuda or cuda:N")])
+def test_a_bad_device_is_a_one_line_error(text: str, message: str, tmp_path: Path) -> None:
+    from tests.test_cli_check import run
+
+    res = run(["check", str(tmp_path / "m.pt"), "--device", text])
+    assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output

@@ -93,10 +93,9 @@ class PGD(Attack):
                     with torch.no_grad():
                         z = model(x_adv)
                         loss = self._loss_fn(z, y)
-                new = (z.argmax(1) != y) & ~found
-                if bool(new.any()):
-                    x_found[new] = x_adv[new]
-                    found |= new
+                new = (z.argmax(1) != y) & ~found  # no host round trip: a masked copy whether or not any is new
+                x_found = torch.where(batch_view(new, x), x_adv, x_found)
+                found |= new
                 if step == self.steps:
                     break
                 if self.norm is Norm.LINF:

@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # names for annotations only (the modules are imported when a
     from lipaudit.lipschitz import LipschitzReport
 
 __all__ = ["AuditConfig", "Engines", "ShardRunner", "ShardWork", "crosscheck", "default_methods", "fit_methods",
-           "in_model_normalization", "preflight", "run_audit", "run_in_process", "run_shard"]
+           "in_model_normalization", "make_certifier", "preflight", "run_audit", "run_in_process", "run_shard"]
 
 Auto = Literal["auto"]
 
@@ -613,15 +613,21 @@ def _the_certifier(model: nn.Module, x: Tensor, config: AuditConfig, st: _State,
     if isinstance(st.certifier, BaseException):  # it could not be built: every stage that needs it says why
         raise st.certifier
     if st.certifier is None:
-        from lipaudit.certify import CertifyOptions
-
-        options = CertifyOptions(memory_budget_gb=config.memory_budget_gb, time_budget_s=config.time_budget_s)
         try:
-            st.certifier = engines.certifier(model, x[:1], config.norm, options)
+            st.certifier = make_certifier(model, x, config, engines)
         except LipauditError as err:
             st.certifier = err
             raise
     return st.certifier
+
+
+def make_certifier(model: nn.Module, x: Tensor, config: AuditConfig, engines: Engines | None = None) -> Any:
+    """The certifier of an audit of ``model`` on inputs shaped like ``x`` under ``config`` (auto_LiRPA parses the
+    model here; a worker that runs several shards of one audit builds it once)."""
+    from lipaudit.certify import CertifyOptions
+
+    options = CertifyOptions(memory_budget_gb=config.memory_budget_gb, time_budget_s=config.time_budget_s)
+    return (engines or Engines()).certifier(model, x[:1], config.norm, options)
 
 
 def _run_certification(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, correct: Tensor, st: _State,

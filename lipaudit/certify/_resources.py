@@ -18,6 +18,9 @@ __all__ = [
     "deadline",
     "dense_matrix_bytes",
     "is_out_of_memory",
+    "memory_base",
+    "memory_budget",
+    "memory_peak",
     "peak_rss_bytes",
     "reset_peak_rss",
     "rss_bytes",
@@ -97,6 +100,33 @@ def peak_rss_bytes() -> int | None:
     """Peak resident set size since the last :func:`reset_peak_rss` (Linux), or None."""
     kb = _status_kb("VmHWM")
     return None if kb is None else kb * 1024
+
+
+def memory_base(device: torch.device) -> int | None:
+    """Start a peak-memory measurement on ``device``: the bytes in use now (CUDA: the caching allocator's; CPU: the
+    resident set), the peak mark reset; None where it cannot be measured."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return int(torch.cuda.memory_allocated(device))
+    return rss_bytes() if reset_peak_rss() else None
+
+
+def memory_peak(device: torch.device) -> int | None:
+    """The peak bytes in use on ``device`` since :func:`memory_base`."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss_bytes()
+
+
+def memory_budget(device: torch.device, budget: int) -> int:
+    """The bytes a bound computation may use on ``device``: ``budget``, and on a GPU no more than what is free on
+    it now (plus what this process's allocator already holds, which it reuses)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(budget, free + torch.cuda.memory_allocated(device)))
+    return budget
 
 
 def dense_matrix_bytes(model: nn.Module, x: torch.Tensor, num_specs: int) -> int:

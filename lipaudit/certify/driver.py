@@ -154,14 +154,17 @@ class Certifier:
             lower, _ = self.engine.bounds(x, eps, method, mode, c)
         return lower.amin(dim=1)
 
-    def _sized_batch(self, base: int | None) -> int:
-        """Batch size from the peak memory of the one-sample run just made (at most 64, or ``batch_size``)."""
+    def _sized_batch(self, base: int | None, device: torch.device) -> int:
+        """Batch size from the peak memory of the one-sample run just made (at most 64, or ``batch_size``): on a
+        GPU its allocator's peak against the memory free on the device, on a CPU the resident set's against the
+        memory budget."""
         cap = self.options.batch_size or _MAX_BATCH
-        peak = _resources.peak_rss_bytes()
+        peak = _resources.memory_peak(device)
         if base is None or peak is None:
             return min(cap, 16)
         per_sample = max(peak - base, 16 * 2**20)
-        return int(max(1, min(cap, (self.options.memory_budget_bytes - base) // per_sample)))
+        budget = _resources.memory_budget(device, self.options.memory_budget_bytes)
+        return int(max(1, min(cap, (budget - base) // per_sample)))
 
     def certify_batch(self, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
                       method: Method) -> list[_Outcome]:
@@ -208,7 +211,7 @@ class Certifier:
             self._batch = _MAX_BATCH  # IBP keeps only the activations' intervals: no need to measure
         while queue:
             probing = self._batch is None
-            base = _resources.rss_bytes() if probing and _resources.reset_peak_rss() else None
+            base = _resources.memory_base(x.device) if probing else None
             size = self._batch or 1
             trials = self._trials.get((method, mode))
             if trials:  # measuring: one warm sample alone, a batch of at most 8, then the memory-sized batch
@@ -254,7 +257,7 @@ class Certifier:
                 continue
             elapsed = time.perf_counter() - started
             if probing:
-                self._batch = self._sized_batch(base)
+                self._batch = self._sized_batch(base, x.device)
                 if self.options.batch_size is None and self._batch > 1:
                     self._trials[(method, mode)] = sorted({1, min(8, self._batch), self._batch})
             elif trials and len(chunk) == trials[0]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from lipaudit.errors import UsageError
 
 __all__ = [
     "ATTACK_STEPS",
+    "DEVICE",
     "EPS_LIST",
     "FLOATS",
     "METHODS",
@@ -26,6 +28,7 @@ __all__ = [
     "load_from_options",
     "model_input_shape",
     "model_options",
+    "parse_device",
     "parse_eps_list",
     "parse_floats",
     "parse_shape",
@@ -147,7 +150,30 @@ def _svc(text: str) -> Any:
     return parse_svc(text)
 
 
+def parse_device(text: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked against the devices this torch sees.
+
+    Example:
+        >>> parse_device("cpu")
+        'cpu'
+    """
+    value = text.strip().lower()
+    if value == "cpu":
+        return value
+    m = re.fullmatch(r"cuda(?::(\d+))?", value)
+    if m is None:
+        raise UsageError(f"Expected cpu, cuda or cuda:N but got {text!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"Expected a CUDA device for {text!r} but this torch sees none; use --device cpu")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise UsageError(f"Expected a GPU index below {torch.cuda.device_count()} but got {text!r}")
+    return value
+
+
 NORM = Parsed("norm", _norm)
+DEVICE = Parsed("device", parse_device)
 NORM_DECAY = Parsed("norm-decay", _norm_decay)
 SVC = Parsed("svc", _svc)
 EPS_LIST = Parsed("eps", parse_eps_list)
@@ -169,8 +195,8 @@ def model_options(func: F) -> F:
                      help="Input normalisation mean per channel."),
         click.option("--std", default=None, metavar="S1,S2,..", type=FLOATS,
                      help="Input normalisation std per channel."),
-        click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-                     help="Where to run the computations."),
+        click.option("--device", type=DEVICE, default="cpu", show_default=True, metavar="cpu|cuda|cuda:N",
+                     help="Where to run the computations (with --workers: one GPU per Ray worker)."),
     ]
     for option in reversed(options):
         func = option(func)

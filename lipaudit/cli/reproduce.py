@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from lipaudit.cli._options import DEVICE
 from lipaudit.errors import UsageError
 
 __all__ = ["reproduce"]
@@ -37,7 +38,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--width", default=None, type=click.IntRange(min=1), help="Override the architectures' width.")
 @click.option("--quick", is_flag=True, help="One value per regulariser instead of the grid.")
 @click.option("--setups", default=None, help="Comma-separated subset of the set-ups (plain always among them).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, metavar="cpu|cuda|cuda:N",
+              help="Where to train and audit (with --workers: one GPU per Ray task).")
 @click.option("--progress/--no-progress", default=None)
 @click.option("--workers", default=None, type=click.IntRange(min=1), metavar="N",
               help="Train and audit the models as Ray tasks (one per model) on an embedded cluster of N workers "
@@ -72,11 +74,6 @@ def reproduce(preset: str, data: str | None, out: str, seeds: int, seed_list: st
         protocol = replace(protocol, data=str(Path(data).expanduser()))
     elif data is not None:
         raise UsageError(f"Expected --data only with --preset paper but got --data {data!r}")
-    if device != "cpu":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"Expected CUDA for --device {device} but this torch has none; use --device cpu")
     if epochs is not None:
         protocol = replace(protocol, max_epochs=epochs, patience=protocol.patience if epochs > 1 else None)
     if n is not None:

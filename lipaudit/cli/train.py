@@ -13,7 +13,7 @@ from typing import Any
 import click
 from torch import nn
 
-from lipaudit.cli._options import FLOATS, NORM, NORM_DECAY, SVC, tqdm_progress
+from lipaudit.cli._options import DEVICE, FLOATS, NORM, NORM_DECAY, SVC, tqdm_progress
 from lipaudit.errors import UsageError
 
 __all__ = ["resolve_arch", "train"]
@@ -92,7 +92,7 @@ def resolve_arch(spec: str, input_shape: tuple[int, ...], num_classes: int) -> t
 @click.option("--mean", default=None, type=FLOATS,
               help="Per-channel normalisation mean (comma-separated), stored in the file.")
 @click.option("--std", default=None, type=FLOATS, help="Per-channel normalisation std (comma-separated).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, metavar="cpu|cuda|cuda:N")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
 @click.option("--log", "log_path", default=None, type=click.Path(dir_okay=False), help="Write the JSON log here.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr (default: when a terminal).")
