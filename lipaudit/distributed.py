@@ -218,22 +218,23 @@ class LocalShards(_Runner):
 
 
 def pack_model(model: nn.Module) -> bytes:
-    """The model as bytes every worker can load: a TorchScript archive for a scripted model, else a pickle."""
+    """The model as bytes every worker can load: a TorchScript archive for a scripted model, else a cloudpickle,
+    which carries by value the classes a worker could not import (a ``--arch file.py:factory`` module, ``__main__``).
+    """
     buf = io.BytesIO()
     if isinstance(model, torch.jit.ScriptModule):
         torch.jit.save(model, buf)
         return b"J" + buf.getvalue()
-    torch.save(model, buf)
-    return b"P" + buf.getvalue()
+    cloudpickle = require_ray().cloudpickle
+    return b"P" + cloudpickle.dumps(model)
 
 
 def unpack_model(data: bytes, device: torch.device) -> nn.Module:
     """Read :func:`pack_model`'s bytes onto ``device``."""
-    buf = io.BytesIO(data[1:])
     if data[:1] == b"J":
-        return torch.jit.load(buf, map_location=device)
-    model = torch.load(buf, map_location=device, weights_only=False)  # bytes this audit's driver wrote
-    return model
+        return torch.jit.load(io.BytesIO(data[1:]), map_location=device)
+    model: nn.Module = require_ray().cloudpickle.loads(data[1:])  # bytes this audit's driver wrote
+    return model.to(device)
 
 
 _WORKER_MODELS: dict[str, nn.Module] = {}

@@ -184,3 +184,24 @@ def test_a_bad_device_is_a_one_line_error(text: str, message: str, tmp_path: Pat
 
     res = run(["check", str(tmp_path / "m.pt"), "--device", text])
     assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_a_model_from_an_architecture_file_travels_to_the_workers(cluster: Any, tmp_path: Path) -> None:
+    """A class the workers cannot import (``--arch file.py:factory`` loads it from a path) goes by value."""
+    import torch
+
+    from lipaudit.io.load import build_arch
+
+    (tmp_path / "nets.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.f = nn.Flatten()\n"
+        "        self.a = nn.Linear(64, 16)\n        self.b = nn.Linear(16, 10)\n\n"
+        "    def forward(self, x):\n        return self.b(torch.relu(self.a(self.f(x))))\n\n\n"
+        "def build():\n    return Net()\n")
+    torch.manual_seed(1)
+    model = build_arch(f"{tmp_path / 'nets.py'}:build").eval()
+    _, x, y = train_mlp()
+    cfg = config(radius_method=None)
+    whole = audit((model, x, y), cfg)
+    sharded = audit((model, x, y), cfg, shards=RayShards(2, shard_size=12))
+    assert decisions(sharded) == decisions(whole) and sharded.status == "complete", sharded.failures
