@@ -53,6 +53,7 @@ bench: setup
 	$(PY) -m benchmarks.bab
 	$(PY) -m benchmarks.speed
 	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.distributed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -9,7 +9,7 @@ single-process run, and the parts of the time: the model-level stages (run once,
 the model broadcast, the shards' own compute (the sum of their run times), the rest of the shard phase (worker
 start-up: importing torch and lipaudit, reading the model, parsing it for auto_LiRPA) and the merge.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.distributed [--rounds 3] [--n 48] [--shard-size 6]``
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.distributed [--rounds 3] [--n 64] [--shard-size 16]``
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def one(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AuditConf
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--n", type=int, default=48)
-    parser.add_argument("--shard-size", type=int, default=6)
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(1)
