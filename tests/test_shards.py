@@ -222,3 +222,15 @@ def test_an_interrupted_audit_reports_the_finished_shards_and_resumes(trained: A
     final = audit(trained, cfg, shards=resumed)
     assert (resumed.stats.reused, resumed.stats.computed) == (2, 3)
     assert decisions(final) == decisions(whole)
+
+
+def test_the_report_says_what_an_interrupted_sharded_audit_covers(trained: Any, tmp_path: Path) -> None:
+    from lipaudit.audit.validate import problems
+    from lipaudit.report.html import render_report
+
+    runner = LocalShards(shard_size=8, folder=tmp_path)
+    partial = audit(trained, config(), shards=runner, progress=_StopAfter(1))
+    partial = dataclasses.replace(partial, execution=runner.stats.to_dict())
+    html = render_report(partial)
+    assert "16 more sample(s) were asked for" in html and "3 shard(s) of 8 samples, 1 computed" in html
+    assert not problems(partial.to_dict())
