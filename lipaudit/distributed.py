@@ -265,8 +265,12 @@ def _shard_task(packed: Any, key: str, x: Tensor, y: Tensor, ids: tuple[int, ...
         model = unpack_model(packed, dev)
         model.eval()
         _WORKER_MODELS[key] = model
-    if hub is not None:  # not waited for: a task blocked in ray.get lends its CPU to another task (oversubscribed)
-        hub.started.remote(ids[0])
+    if hub is not None:
+        import ray
+
+        # Waited for, so that a worker killed later in the shard is still counted. The driver keeps no more tasks in
+        # flight than CPUs, so the CPU this task lends while it waits starts no other task.
+        ray.get(hub.started.remote(ids[0]))
     last = [0.0]
 
     def report(stage: str, done: int, total: int) -> None:
@@ -388,18 +392,27 @@ class RayShards(_Runner):
         task = ray.remote(max_retries=self.max_retries, retry_exceptions=False, **resources)(_shard_task)
         xc, yc = x.detach().cpu(), y.detach().cpu()
         pending: dict[Any, tuple[int, ...]] = {}
-        for ids in todo:
-            rows = torch.tensor(ids, dtype=torch.long)
-            ref = task.remote(packed, key, xc[rows], yc[rows], ids, work, engines, self.device, hub, self.threads)
-            pending[ref] = ids
+        queue = list(todo)
+        slots = self._slots(ray)
+
+        def submit() -> None:  # at most one task per slot in flight: a task blocked in ray.get lends its CPU
+            while queue and len(pending) < slots:  # to the next pending task, which would oversubscribe the cores
+                ids = queue.pop(0)
+                rows = torch.tensor(ids, dtype=torch.long)
+                ref = task.remote(packed, key, xc[rows], yc[rows], ids, work, engines, self.device, hub,
+                                  self.threads)
+                pending[ref] = ids
+
         try:
+            submit()
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 self._drain(ray, hub, agg)
                 for ref in ready:
-                    ids = pending.pop(ref)
+                    pending.pop(ref)
                     shard = ShardResult.from_dict(ray.get(ref))
                     self._keep(shard)
+                    submit()
                     yield shard
                     agg.finish(shard)
         finally:
@@ -407,6 +420,13 @@ class RayShards(_Runner):
                 ray.cancel(ref, force=True)
             with contextlib.suppress(Exception):  # a stopped cluster takes the hub along: counts are best effort
                 self._drain(ray, hub, agg)
+
+    def _slots(self, ray: Any) -> int:
+        """Tasks in flight at once: the embedded cluster's workers, or a running cluster's CPUs (GPUs)."""
+        if self.address is None:
+            return self.workers
+        what = "GPU" if self.device.startswith("cuda") else "CPU"
+        return max(1, int(ray.cluster_resources().get(what, self.workers)))
 
     def _drain(self, ray: Any, hub: Any, agg: _Aggregate) -> None:
         events, starts = ray.get(hub.drain.remote())
