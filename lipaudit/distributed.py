@@ -23,6 +23,7 @@ Ray is an optional extra (``pip install 'lipaudit[distributed]'``); :func:`requi
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -113,11 +114,9 @@ class _Aggregate:
     def __init__(self, progress: Progress, n: int, shards: int) -> None:
         self.progress, self.n, self.shards = progress, n, shards
         self._at: dict[tuple[int, str], float] = {}
-        self._sizes: dict[int, int] = {}
         self.finished = 0
 
     def update(self, shard: int, size: int, stage: str, done: int, total: int) -> None:
-        self._sizes[shard] = size
         self._at[(shard, stage)] = size * (done / total if total else 1.0)
         self.progress(f"{stage} (samples)", int(sum(v for (_, s), v in self._at.items() if s == stage)), self.n)
 
@@ -140,14 +139,25 @@ def _digest(*tensors: Tensor | None) -> str:
 
 def audit_key(model: nn.Module, x: Tensor, y: Tensor, work: Any, shard_size: int) -> dict[str, Any]:
     """Everything that decides a shard's content: the model's class and weights, the samples, the per-sample
-    stages' settings (configuration, attack budget) and what the model-level stages handed them, the shard size."""
+    stages' settings (configuration, attack budget: steps, targets, radius, not the timings behind it) and what the
+    model-level stages handed them (predictions and Lipschitz radii, which also follow the model's forward), the
+    shard size, the versions of lipaudit, torch and auto_LiRPA, and the device type."""
     import dataclasses
 
     state = [t for _, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items())]
+    from importlib.metadata import PackageNotFoundError, version
+
+    import lipaudit
+
+    try:
+        lirpa = version("auto_LiRPA")
+    except PackageNotFoundError:
+        lirpa = None
+    plan = None if work.plan is None else [work.plan.steps, work.plan.n_targets, work.plan.radius]  # not its timings
     return {"model": [type(model).__qualname__, _digest(*state)], "samples": _digest(x, y),
-            "config": json.loads(json.dumps(dataclasses.asdict(work.config), default=str)),
-            "plan": None if work.plan is None else json.loads(json.dumps(dataclasses.asdict(work.plan), default=str)),
-            "model_stages": _digest(work.prediction, work.radius_lipschitz), "shard_size": shard_size}
+            "config": json.loads(json.dumps(dataclasses.asdict(work.config), default=str)), "plan": plan,
+            "model_stages": _digest(work.prediction, work.radius_lipschitz), "shard_size": shard_size,
+            "versions": [lipaudit.__version__, torch.__version__, lirpa], "device": x.device.type}
 
 
 class _ShardProgress:
@@ -191,6 +201,8 @@ class _Runner:
         return todo, done
 
     def _keep(self, shard: ShardResult) -> None:
+        if not shard.finished:
+            return
         self.stats.computed += 1
         self.stats.shard_seconds.append(shard.seconds)
         if self.store is not None:
@@ -228,7 +240,9 @@ def pack_model(model: nn.Module) -> bytes:
         torch.jit.save(model, buf)
         return b"J" + buf.getvalue()
     cloudpickle = require_ray().cloudpickle
-    return b"P" + cloudpickle.dumps(model)
+    on_cpu = all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
+    # a CUDA tensor pickles with its device index, which a worker with its own single GPU may not have
+    return b"P" + cloudpickle.dumps(model if on_cpu else copy.deepcopy(model).cpu())
 
 
 def unpack_model(data: bytes, device: torch.device) -> nn.Module:
@@ -374,6 +388,9 @@ class RayShards(_Runner):
                  certifier: Any) -> Iterator[ShardResult]:
         progress = progress or NullProgress()
         n = int(x.shape[0])
+        if self.address is not None:  # a running cluster: its CPUs (GPUs) decide the shards and the tasks in flight
+            ray = self._ray or self._start(0)
+            self.workers = self.stats.workers = self._slots(ray)
         todo, done = self._plan(model, x, y, work)
         agg = _Aggregate(progress, n, self.stats.shards)
         for shard in done:
@@ -388,7 +405,8 @@ class RayShards(_Runner):
         key = f"{id(model)}-{time.time_ns()}"
         self.stats.broadcast_s = time.perf_counter() - start
         hub = ray.remote(num_cpus=0)(_Hub).remote()
-        resources = {"num_gpus": 1, "num_cpus": 0} if self.device.startswith("cuda") else {"num_cpus": 1}
+        resources: dict[str, Any] = ({"num_gpus": 1, "num_cpus": 0, "max_calls": 0}  # keep the worker (and its
+                                     if self.device.startswith("cuda") else {"num_cpus": 1})  # parsed model) alive
         task = ray.remote(max_retries=self.max_retries, retry_exceptions=False, **resources)(_shard_task)
         xc, yc = x.detach().cpu(), y.detach().cpu()
         pending: dict[Any, tuple[int, ...]] = {}
@@ -483,7 +501,7 @@ def ray_map(fn: Any, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], *,
             gpus: float = 0.0) -> Iterator[tuple[Any, Any]]:
     """``fn(*args, **kwargs)`` for every call as one Ray task each (one CPU, or ``gpus`` GPUs); yields
     ``(key, result)`` as the tasks finish. Ctrl-C cancels what is still running."""
-    with _cluster(workers, address, 0) as ray:
+    with _cluster(workers, address, 0, gpus=gpus > 0) as ray:
         yield from _map(ray, _threaded, [((fn, threads, *args), kwargs) for args, kwargs in calls], keys,
                         max_retries=max_retries, gpus=gpus)
 
@@ -495,17 +513,21 @@ def _threaded(fn: Any, threads: int, *args: Any, **kwargs: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _cluster(workers: int, address: str | None, payload: int) -> Iterator[Any]:
+def _cluster(workers: int, address: str | None, payload: int, *, gpus: bool = False) -> Iterator[Any]:
     """The Ray session to run in: the one already started in this process, a running cluster at ``address``, or an
     embedded one of ``workers`` CPUs (stopped afterwards)."""
     ray = require_ray()
     started = False
     if not ray.is_initialized():
         if address is None:
-            start_local_cluster(workers, payload)
+            start_local_cluster(workers, payload, gpus=min(torch.cuda.device_count(), workers) if gpus else 0)
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         started = True
+    if gpus and not ray.cluster_resources().get("GPU"):
+        if started:
+            ray.shutdown()
+        raise UsageError("Expected GPUs in the Ray cluster for --device cuda but it has none; use --device cpu")
     try:
         yield ray
     finally:
@@ -515,7 +537,7 @@ def _cluster(workers: int, address: str | None, payload: int) -> Iterator[Any]:
 
 def _map(ray: Any, fn: Any, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], keys: Sequence[Any], *,
          max_retries: int, gpus: float = 0.0) -> Iterator[tuple[Any, Any]]:
-    resources = {"num_gpus": gpus, "num_cpus": 0} if gpus else {"num_cpus": 1}
+    resources: dict[str, Any] = {"num_gpus": gpus, "num_cpus": 0, "max_calls": 0} if gpus else {"num_cpus": 1}
     task = ray.remote(max_retries=max_retries, retry_exceptions=False, **resources)(fn)
     pending = {task.remote(*args, **kwargs): key for (args, kwargs), key in zip(calls, keys, strict=True)}
     try:

@@ -152,6 +152,9 @@ def test_local_shards_decide_what_one_run_decides(trained: Any, size: int) -> No
     assert decisions(sharded) == decisions(whole)
     same_radii(sharded, whole)
     assert runner.stats.shards == math.ceil(24 / size) and runner.stats.computed == runner.stats.shards
+    median = (sharded.attacks["radius"]["median_radius"], whole.attacks["radius"]["median_radius"])
+    assert (median[0] is None) == (median[1] is None)
+    assert median[0] is None or math.isclose(median[0], median[1], rel_tol=1e-3)
 
 
 def test_branch_and_bound_and_l2_audits_merge_too(trained: Any) -> None:
@@ -161,6 +164,10 @@ def test_branch_and_bound_and_l2_audits_merge_too(trained: Any) -> None:
         sharded = audit(trained, cfg, shards=LocalShards(shard_size=7))
         assert decisions(sharded) == decisions(whole)
         same_radii(sharded, whole)
+        for row, acc in zip(sharded.certification.get("complete", {}).get("results", []), sharded.accuracy,
+                            strict=False):  # branch and bound ran only where the attacks broke nothing
+            unbroken = min(v for k, v in acc.robust.items() if k != "BaB counterexample") * len(sharded.samples)
+            assert row["undecided_before"] == sum(v is not None for v in row["verdicts"]) <= round(unbroken)
     assert whole.certification["radius"]["bound_computations"] == sharded.certification["radius"][
         "bound_computations"]
 
@@ -234,3 +241,18 @@ def test_the_report_says_what_an_interrupted_sharded_audit_covers(trained: Any, 
     html = render_report(partial)
     assert "16 more sample(s) were asked for" in html and "3 shard(s) of 8 samples, 1 computed" in html
     assert not problems(partial.to_dict())
+
+
+class _StopInside:
+    """Ctrl-C in the middle of the first shard's attacks."""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage.startswith("attacks"):
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_before_any_shard_finished_reports_the_drivers_figures(trained: Any, tmp_path: Path) -> None:
+    result = audit(trained, config(), shards=LocalShards(shard_size=8, folder=tmp_path), progress=_StopInside())
+    assert result.interrupted and len(result.samples) == 24
+    assert all(row.worst_case is None and set(row.certified) <= {"Lipschitz"} for row in result.accuracy)
+    assert not list(tmp_path.glob("shard-*.json"))  # the shard cut short is not kept

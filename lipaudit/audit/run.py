@@ -421,7 +421,8 @@ def run_audit(
             if not stages.interrupted:
                 stages.interrupted = True
                 stages.failures.append(StageFailure("audit", "interrupted", "interrupted by the user"))
-        if covered is not None and len(covered) < st.n:  # interrupted while shards ran: the finished samples only
+        if covered and len(covered) < st.n:  # interrupted while shards ran: the finished samples only
+            # (none finished: the driver's own figures, clean accuracy and the Lipschitz radii, cover every sample)
             return _assemble_subset(model, x, y, st, stages, covered, model_info, data_info, command)
         return _assemble(model, x, y, st, stages, model_info, data_info, command)
 
@@ -472,11 +473,21 @@ def _run_stages(model: nn.Module, logits: Tensor, x: Tensor, y: Tensor, st: _Sta
     results: list[ShardResult] = []
     st.shards_info["covered"] = []
     try:
-        for shard in shards(model, x, y, work, engines=engines, progress=progress, certifier=st.certifier):
-            results.append(shard)
-            st.shards_info["covered"] = sorted(i for r in results for i in r.ids)
-            if shard.interrupted:
-                raise KeyboardInterrupt
+        running = shards(model, x, y, work, engines=engines, progress=progress, certifier=st.certifier)
+        try:
+            for shard in running:
+                if shard.interrupted and len(shard.ids) < st.n:  # a shard cut short among several: its partial
+                    stages.failures.extend(f for f in shard.failures if f not in stages.failures)  # figures stay out
+                    stages.interrupted = True
+                    raise KeyboardInterrupt
+                results.append(shard)
+                st.shards_info["covered"] = sorted(i for r in results for i in r.ids)
+                if shard.interrupted:
+                    raise KeyboardInterrupt
+        finally:
+            close = getattr(running, "close", None)
+            if close is not None:  # a generator runner: its Ray tasks are cancelled now, not when collected
+                close()
     finally:
         with stages.stage("merge"):
             _merge(model, x, y, config, st, stages, results)
@@ -514,6 +525,9 @@ def _shard_attacks(model: nn.Module, x: Tensor, y: Tensor, ids: Tensor, config: 
                                  progress=progress, ids=ids, model_checks=False)
         st.examples = [{**e, "index": int(ids[e["index"]])}
                        for e in _examples(model, x, y, st.prediction, report.results, config.max_examples)]
+        by_key = {eps_key(e): e for e in config.eps}
+        for res in report.results:  # branch and bound leaves out what the attacks broke
+            st.attacked[by_key.get(eps_key(res.eps), float(res.eps))] = torch.tensor(res.attacked, dtype=torch.bool)
         st.attack_report = _without_points(report)
     if config.attack_radius and plan.radius:  # unless left out for time
         with stages.stage("attack radius"):
@@ -817,18 +831,26 @@ def _merge(model: nn.Module, x: Tensor, y: Tensor, config: AuditConfig, st: _Sta
     if all(s.radius_attack is not None for s in shards):
         st.radius_attack = scatter([(s.ids, s.radius_attack or ()) for s in shards], math.nan, torch.float64)
         st.attack_info["radius"] = _merge_radius_info([s.radius_attack_info for s in shards], st.radius_attack)
+    assert st.prediction is not None
+    right = (st.prediction.cpu() == y.cpu()).tolist()
+    needed = [s for s in shards if any(right[i] for i in s.ids)]  # shards the per-sample stages had work in
     for eps in config.eps:
+        # A figure exists only where every shard with a correctly classified sample measured it, so no sample
+        # counts as "not certified" unmeasured (a misclassified sample is never certified, its radius is 0).
         whos = dict.fromkeys(w for s in shards for w in s.certified.get(eps, {}))
         for who in whos:
-            st.certified.setdefault(eps, {})[Certificate(who)] = scatter(
-                [(s.ids, s.certified[eps][who]) for s in shards if who in s.certified.get(eps, {})], False,
-                torch.bool)
-        if any(eps in s.falsified for s in shards):
+            if all(who in s.certified.get(eps, {}) for s in needed):
+                st.certified.setdefault(eps, {})[Certificate(who)] = scatter(
+                    [(s.ids, s.certified[eps][who]) for s in shards if who in s.certified.get(eps, {})], False,
+                    torch.bool)
+        if any(eps in s.falsified for s in shards) and all(eps in s.falsified for s in needed):
             st.falsified[eps] = scatter([(s.ids, s.falsified[eps]) for s in shards if eps in s.falsified], False,
                                         torch.bool)
     for who in dict.fromkeys(w for s in shards for w in s.radius_certified):
-        st.radius_certified[Certificate(who)] = scatter(
-            [(s.ids, s.radius_certified[who]) for s in shards if who in s.radius_certified], math.nan, torch.float64)
+        if all(who in s.radius_certified for s in needed):
+            st.radius_certified[Certificate(who)] = scatter(
+                [(s.ids, s.radius_certified[who]) for s in shards if who in s.radius_certified], math.nan,
+                torch.float64)
     by_name: dict[str, list[CrossCheck]] = {}
     for s in shards:
         for c in s.crosschecks:
@@ -880,6 +902,7 @@ def _first_examples(examples: Sequence[Mapping[str, Any]], config: AuditConfig) 
 
 def _merge_radius_info(rows: Sequence[Mapping[str, Any]], radius: Tensor) -> dict[str, Any]:
     finite = radius[torch.isfinite(radius)]
+    known = radius[~torch.isnan(radius)]  # the median counts the unbroken samples (inf), as one run's report does
     counts: dict[str, int] = {}
     for r in rows:
         for k, v in (r.get("counts") or {}).items():
@@ -888,7 +911,7 @@ def _merge_radius_info(rows: Sequence[Mapping[str, Any]], radius: Tensor) -> dic
     return {**{k: v for k, v in first.items() if k not in ("counts", "wall_time_s", "n", "found",
                                                              "median_radius")},
             "n": sum(int(r.get("n", 0)) for r in rows), "found": int(finite.numel()),
-            "median_radius": finite_or_none(float(finite.median())) if finite.numel() else None,
+            "median_radius": finite_or_none(float(known.median())) if known.numel() else None,
             "counts": counts, "wall_time_s": sum(float(r.get("wall_time_s", 0.0)) for r in rows)}
 
 
@@ -1175,6 +1198,9 @@ def _assemble(model: nn.Module, x: Tensor, y: Tensor, st: _State, stages: _Stage
     order = ordering_violations([s.radius_lipschitz for s in samples],
                                 {who: [s.radius_certified[who] for s in samples] for who in cert_r},
                                 [s.radius_attack for s in samples])
+    if ids is not None:  # positions among the covered samples → the samples' ids
+        sound = [dataclasses.replace(v, index=ids[v.index]) for v in sound]
+        order = [dataclasses.replace(v, index=ids[v.index]) for v in order]
     flags = list(st.flags)
     if sound:
         flags.insert(0, Flag(code="soundness-violation", severity=Severity.ERROR, stage="cross-check",

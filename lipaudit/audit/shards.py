@@ -182,8 +182,9 @@ class ShardStore:
         return shard if shard.ids == tuple(ids) and shard.finished else None
 
     def save(self, shard: ShardResult) -> None:
-        """Keep a finished shard (an interrupted one is not kept: a re-run computes it again)."""
-        if not shard.finished:
+        """Keep a finished shard. An interrupted one, or one where a stage failed (out of memory, a certifier that
+        could not be built), is not kept: a re-run computes it again instead of replaying the failure."""
+        if not shard.finished or shard.failures:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self._path(shard.ids), json.dumps({"key": self.key, "shard": shard.to_dict()},
