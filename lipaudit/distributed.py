@@ -30,7 +30,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,7 +257,7 @@ _WORKER_MODELS: dict[str, nn.Module] = {}
 _WORKER_CERTIFIERS: dict[str, Any] = {}
 
 
-def _task_device(device: str) -> torch.device:
+def task_device(device: str) -> torch.device:
     """The device of a task: with CUDA, Ray gives each task its own GPU, visible to it as ``cuda:0``."""
     if device.startswith("cuda"):
         return torch.device("cuda:0")
@@ -271,7 +271,7 @@ def _shard_task(packed: Any, key: str, x: Tensor, y: Tensor, ids: tuple[int, ...
     from lipaudit.audit.run import run_shard
 
     torch.set_num_threads(threads)
-    dev = _task_device(device)
+    dev = task_device(device)
     model = _WORKER_MODELS.get(key)
     if model is None:
         _WORKER_MODELS.clear()
@@ -365,15 +365,9 @@ class RayShards(_Runner):
         self._started_here = False
 
     def _start(self, payload: int) -> Any:
-        ray = require_ray()
         start = time.perf_counter()
-        if not ray.is_initialized():
-            if self.address is None:
-                gpus = torch.cuda.device_count() if self.device.startswith("cuda") else 0
-                start_local_cluster(self.workers, payload, gpus=min(gpus, self.workers))
-            else:
-                ray.init(address=self.address, log_to_driver=False, configure_logging=False)
-            self._started_here = True
+        ray, started = _connect(self.workers, self.address, payload, gpus=self.device.startswith("cuda"))
+        self._started_here = self._started_here or started
         self.stats.cluster_start_s = time.perf_counter() - start
         self._ray = ray
         return ray
@@ -405,37 +399,21 @@ class RayShards(_Runner):
         key = f"{id(model)}-{time.time_ns()}"
         self.stats.broadcast_s = time.perf_counter() - start
         hub = ray.remote(num_cpus=0)(_Hub).remote()
-        resources: dict[str, Any] = ({"num_gpus": 1, "num_cpus": 0, "max_calls": 0}  # keep the worker (and its
-                                     if self.device.startswith("cuda") else {"num_cpus": 1})  # parsed model) alive
-        task = ray.remote(max_retries=self.max_retries, retry_exceptions=False, **resources)(_shard_task)
         xc, yc = x.detach().cpu(), y.detach().cpu()
-        pending: dict[Any, tuple[int, ...]] = {}
-        queue = list(todo)
-        slots = self._slots(ray)
-
-        def submit() -> None:  # at most one task per slot in flight: a task blocked in ray.get lends its CPU
-            while queue and len(pending) < slots:  # to the next pending task, which would oversubscribe the cores
-                ids = queue.pop(0)
-                rows = torch.tensor(ids, dtype=torch.long)
-                ref = task.remote(packed, key, xc[rows], yc[rows], ids, work, engines, self.device, hub,
-                                  self.threads)
-                pending[ref] = ids
-
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            ((packed, key, xc[torch.tensor(ids)], yc[torch.tensor(ids)], ids, work, engines, self.device, hub,
+              self.threads), {}) for ids in todo]
+        running = _map(ray, _shard_task, calls, todo, max_retries=self.max_retries,
+                       gpus=1.0 if self.device.startswith("cuda") else 0.0, slots=self._slots(ray),
+                       tick=lambda: self._drain(ray, hub, agg), wait_s=0.5)
         try:
-            submit()
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                self._drain(ray, hub, agg)
-                for ref in ready:
-                    pending.pop(ref)
-                    shard = ShardResult.from_dict(ray.get(ref))
-                    self._keep(shard)
-                    submit()
-                    yield shard
-                    agg.finish(shard)
+            for _, data in running:
+                shard = ShardResult.from_dict(data)
+                self._keep(shard)
+                yield shard
+                agg.finish(shard)
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            running.close()  # cancels the shards still running (Ctrl-C here, or the audit closing this runner)
             with contextlib.suppress(Exception):  # a stopped cluster takes the hub along: counts are best effort
                 self._drain(ray, hub, agg)
 
@@ -512,10 +490,10 @@ def _threaded(fn: Any, threads: int, *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
-@contextlib.contextmanager
-def _cluster(workers: int, address: str | None, payload: int, *, gpus: bool = False) -> Iterator[Any]:
-    """The Ray session to run in: the one already started in this process, a running cluster at ``address``, or an
-    embedded one of ``workers`` CPUs (stopped afterwards)."""
+def _connect(workers: int, address: str | None, payload: int, *, gpus: bool) -> tuple[Any, bool]:
+    """Ray, connected: to the session already started in this process, to a running cluster at ``address``, or to
+    an embedded one of ``workers`` CPUs (and GPUs, with ``gpus``) started here (then ``True``). A cluster without
+    GPUs is refused for GPU tasks, which it could never schedule."""
     ray = require_ray()
     started = False
     if not ray.is_initialized():
@@ -528,6 +506,14 @@ def _cluster(workers: int, address: str | None, payload: int, *, gpus: bool = Fa
         if started:
             ray.shutdown()
         raise UsageError("Expected GPUs in the Ray cluster for --device cuda but it has none; use --device cpu")
+    return ray, started
+
+
+@contextlib.contextmanager
+def _cluster(workers: int, address: str | None, payload: int, *, gpus: bool = False) -> Iterator[Any]:
+    """The Ray session to run in: the one already started in this process, a running cluster at ``address``, or an
+    embedded one of ``workers`` CPUs (stopped afterwards)."""
+    ray, started = _connect(workers, address, payload, gpus=gpus)
     try:
         yield ray
     finally:
@@ -536,16 +522,33 @@ def _cluster(workers: int, address: str | None, payload: int, *, gpus: bool = Fa
 
 
 def _map(ray: Any, fn: Any, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], keys: Sequence[Any], *,
-         max_retries: int, gpus: float = 0.0) -> Iterator[tuple[Any, Any]]:
+         max_retries: int, gpus: float = 0.0, slots: int | None = None, tick: Any = None,
+         wait_s: float = 1.0) -> Generator[tuple[Any, Any], None, None]:
+    """``fn(*args, **kwargs)`` per call as one Ray task (one CPU, or ``gpus`` GPUs with the worker kept alive),
+    yielding ``(key, result)`` as they finish; ``tick`` runs after every wait. With ``slots``, at most that many
+    tasks are in flight: a task blocked in ``ray.get`` lends its CPU to the next pending task, which would
+    oversubscribe the cores. Ctrl-C (or closing the generator) cancels what is still running."""
     resources: dict[str, Any] = {"num_gpus": gpus, "num_cpus": 0, "max_calls": 0} if gpus else {"num_cpus": 1}
     task = ray.remote(max_retries=max_retries, retry_exceptions=False, **resources)(fn)
-    pending = {task.remote(*args, **kwargs): key for (args, kwargs), key in zip(calls, keys, strict=True)}
+    queue = list(zip(calls, keys, strict=True))
+    pending: dict[Any, Any] = {}
+
+    def submit() -> None:
+        while queue and (slots is None or len(pending) < slots):
+            (args, kwargs), key = queue.pop(0)
+            pending[task.remote(*args, **kwargs)] = key
+
     try:
+        submit()
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+            if tick is not None:
+                tick()
             for ref in ready:
                 key = pending.pop(ref)
-                yield key, ray.get(ref)
+                result = ray.get(ref)
+                submit()  # the next task starts before the caller handles this result
+                yield key, result
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)

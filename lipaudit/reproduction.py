@@ -68,6 +68,14 @@ class _Job:
         return self.folder / f"{self.setup.name}.record.json"
 
 
+def _protocol_data(protocol: Protocol) -> tuple[Any, Any]:
+    """The protocol's training and test sets (the registry packages ship them: nothing is downloaded)."""
+    from lipaudit.io.data import load_data
+
+    return (load_data(protocol.data, split="train", n=protocol.n_train, seed=0),
+            load_data(protocol.data, split="test", seed=0))
+
+
 def _train_one(job: _Job, *, protocol: Protocol, progress: bool | None, trained_by: list[str] | None,
                device: str, train_and_audit: Callable[..., tuple[dict[str, Any], dict[str, Any]]] | None,
                data: tuple[Any, Any] | None = None) -> dict[str, Any]:
@@ -76,12 +84,7 @@ def _train_one(job: _Job, *, protocol: Protocol, progress: bool | None, trained_
         from lipaudit.cli._pipeline import train_and_audit as pipeline
 
         train_and_audit = pipeline
-    if data is None:  # a Ray task loads the data itself (the registry packages ship it)
-        from lipaudit.io.data import load_data
-
-        data = (load_data(protocol.data, split="train", n=protocol.n_train, seed=0),
-                load_data(protocol.data, split="test", seed=0))
-    train, test = data
+    train, test = data if data is not None else _protocol_data(protocol)  # a Ray task loads the data itself
     arch, setup, folder = job.arch, job.setup, job.folder
     key = record_key(protocol, arch, setup)
     began = time.perf_counter()
@@ -152,16 +155,13 @@ def run_reproduction(protocol: Protocol, out: Path, *, seeds: Sequence[int], arc
                train_and_audit=train_and_audit)
     computed = 0
     if workers is None and address is None:
-        from lipaudit.io.data import load_data
-
-        data = (load_data(protocol.data, split="train", n=protocol.n_train, seed=0),
-                load_data(protocol.data, split="test", seed=0))
+        data = _protocol_data(protocol)
         answers: Any = ((k, _train_one(jobs[k], data=data, **run)) for k in todo)
     else:
-        from lipaudit.distributed import ray_map
+        from lipaudit.distributed import ray_map, task_device
 
-        gpu = device.startswith("cuda")  # one GPU per task, visible to it as cuda:0
-        calls = [((jobs[k],), {**run, "device": "cuda:0" if gpu else device}) for k in todo]
+        gpu = device.startswith("cuda")
+        calls = [((jobs[k],), {**run, "device": str(task_device(device))}) for k in todo]
         answers = ray_map(_train_one, calls, workers=workers or 1, address=address, keys=todo,
                           gpus=1.0 if gpu else 0.0)
     for k, record in answers:

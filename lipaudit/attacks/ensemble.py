@@ -25,7 +25,7 @@ from lipaudit.attacks.checks import (
     noise_attack,
 )
 from lipaudit.attacks.radius import box_covering_eps
-from lipaudit.attacks.rng import SampleStreams
+from lipaudit.attacks.rng import SampleStreams, sample_ids
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
 
@@ -261,10 +261,10 @@ def evaluate_attacks(
     report = progress or NullProgress()
     start = time.perf_counter()
     n = x.shape[0]
-    ids_t = torch.arange(n) if ids is None else torch.as_tensor(list(ids) if not isinstance(ids, Tensor) else ids)
-    if ids_t.numel() != n:
-        raise UsageError(f"Expected {n} sample ids but got {ids_t.numel()}")
-    ids_t = ids_t.cpu().long()
+    try:
+        ids_t = sample_ids(ids, n)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     flags: list[Flag] = []
     results: list[EpsResult] = []
     check_stats: list[AttackStats] = []

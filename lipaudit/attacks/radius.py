@@ -16,6 +16,7 @@ from lipaudit._progress import NullProgress, Progress
 from lipaudit.attacks.apgd import APGD
 from lipaudit.attacks.base import CountingModel, batch_view, check_inputs, eval_mode, lp_norm
 from lipaudit.attacks.fmn import FMN
+from lipaudit.attacks.rng import sample_ids
 from lipaudit.errors import UsageError
 from lipaudit.types import Norm
 
@@ -139,8 +140,10 @@ def minimal_adversarial_radius(
     report = progress or NullProgress()
     start = time.perf_counter()
     counted = CountingModel(model)
-    sample_ids = torch.arange(x.shape[0]) if ids is None else torch.as_tensor(
-        ids if isinstance(ids, Tensor) else list(ids)).cpu().long()
+    try:
+        row_ids = sample_ids(ids, int(x.shape[0]))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     total = 3 + bisection_steps
     with eval_mode(counted):
         with torch.no_grad():
@@ -168,7 +171,7 @@ def minimal_adversarial_radius(
         if missing.numel():
             big = box_covering_eps(norm, x[0].numel())
             cand = APGD(norm, steps=apgd_steps, seed=seed).perturb(counted, x[missing], y[missing], big,
-                                                                  ids=sample_ids[missing.cpu()])
+                                                                  ids=row_ids[missing.cpu()])
             record(missing, cand, "apgd-box")
         report("radius", 2, total)
         idx = (correct & torch.isfinite(radius)).nonzero().flatten()
@@ -188,7 +191,7 @@ def minimal_adversarial_radius(
                     break
                 rows = idx[sub]
                 eps = batch_view(mid[sub], mid[sub]).to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)
-                cand = attack.perturb(counted, x[rows], y[rows], eps, ids=sample_ids[rows.cpu()])
+                cand = attack.perturb(counted, x[rows], y[rows], eps, ids=row_ids[rows.cpu()])
                 before = radius[rows].clone()
                 record(rows, cand, "apgd-bisection")
                 open_[sub] = ~(radius[rows] < before)

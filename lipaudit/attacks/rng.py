@@ -20,7 +20,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["RowGenerators", "SampleStreams"]
+__all__ = ["RowGenerators", "SampleStreams", "sample_ids"]
+
+
+def sample_ids(ids: Tensor | Sequence[int] | None, n: int) -> Tensor:
+    """The sample ids of a batch of ``n`` rows as a CPU ``long`` tensor (``0 … n-1`` when None).
+
+    Raises:
+        ValueError: not one id per row.
+    """
+    out = torch.arange(n) if ids is None else torch.as_tensor(ids if isinstance(ids, Tensor) else list(ids))
+    if out.numel() != n:
+        raise ValueError(f"Expected {n} sample ids but got {out.numel()}")
+    return out.reshape(n).cpu().long()
 
 
 def _row_seed(seed: int, key: tuple[str, ...], sample: int) -> int:
@@ -51,11 +63,7 @@ class SampleStreams:
     @classmethod
     def of(cls, seed: int, ids: Tensor | Sequence[int] | None, n: int, *key: str) -> SampleStreams:
         """Streams for a batch of ``n`` rows whose sample ids are ``ids`` (``0 … n-1`` when None)."""
-        rows = tuple(range(n)) if ids is None else tuple(int(i) for i in (ids.tolist() if isinstance(ids, Tensor)
-                                                                          else ids))
-        if len(rows) != n:
-            raise ValueError(f"Expected {n} sample ids but got {len(rows)}")
-        return cls(int(seed), rows, tuple(key))
+        return cls(int(seed), tuple(sample_ids(ids, n).tolist()), tuple(key))
 
     def child(self, *key: object) -> SampleStreams:
         """The streams of a named sub-draw (``child("apgd-t", 2, 0)``)."""

@@ -525,15 +525,20 @@ def _shard_attacks(model: nn.Module, x: Tensor, y: Tensor, ids: Tensor, config: 
                                  progress=progress, ids=ids, model_checks=False)
         st.examples = [{**e, "index": int(ids[e["index"]])}
                        for e in _examples(model, x, y, st.prediction, report.results, config.max_examples)]
-        by_key = {eps_key(e): e for e in config.eps}
-        for res in report.results:  # branch and bound leaves out what the attacks broke
-            st.attacked[by_key.get(eps_key(res.eps), float(res.eps))] = torch.tensor(res.attacked, dtype=torch.bool)
+        st.attacked = _attacked_by_eps(report, config)  # branch and bound leaves out what the attacks broke
         st.attack_report = _without_points(report)
     if config.attack_radius and plan.radius:  # unless left out for time
         with stages.stage("attack radius"):
             radius = engines.radius_attack(model, x, y, config.norm, seed=config.seed, progress=progress, ids=ids)
             st.radius_attack = torch.tensor(radius.radius, dtype=torch.float64)
             st.attack_info["radius"] = {k: v for k, v in radius.to_dict().items() if k not in ("radius", "source")}
+
+
+def _attacked_by_eps(report: Any, config: AuditConfig) -> dict[float, Tensor]:
+    """The attack report's per-sample flags under the configuration's own ε floats."""
+    by_key = {eps_key(e): e for e in config.eps}
+    return {by_key.get(eps_key(r.eps), float(r.eps)): torch.tensor(r.attacked, dtype=torch.bool)
+            for r in report.results}
 
 
 def _without_points(report: Any) -> Any:
@@ -549,11 +554,11 @@ def _attack_summary(report: Any, config: AuditConfig, plan: AttackPlan, st: _Sta
     from lipaudit.attacks.ensemble import default_attacks
 
     attacks = default_attacks(config.norm, steps=plan.steps, n_targets=plan.n_targets, seed=config.seed)
+    st.attacked = _attacked_by_eps(report, config)
     by_key = {eps_key(e): e for e in config.eps}
     for res in report.results:
-        eps = by_key.get(eps_key(res.eps), float(res.eps))
-        st.attacked[eps] = torch.tensor(res.attacked, dtype=torch.bool)
-        st.robust_by_attack[eps] = {s.name: float(s.robust_accuracy_after) for s in res.per_attack}
+        st.robust_by_attack[by_key.get(eps_key(res.eps), float(res.eps))] = {
+            s.name: float(s.robust_accuracy_after) for s in res.per_attack}
     st.flags.extend(Flag(code=f.code, severity=f.severity, message=f.message, stage="attacks")
                     for f in report.flags)
     summary = report.to_dict()
