@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lipaudit._json import finite_or_none
 from lipaudit._progress import Progress
 from lipaudit.certify import _resources
 from lipaudit.certify.lirpa import LIRPA_ERRORS, BoundEngine, margin_matrix, validate_inputs
@@ -114,6 +113,7 @@ class Certifier:
         self._trials: dict[tuple[Method, str], list[int]] = {}  # batch sizes still to time, per method and mode
         self._timed: dict[tuple[Method, str], dict[int, float]] = {}  # seconds per sample, per batch size
         self._batch: int | None = None
+        self._spec: tuple[torch.Tensor, torch.Tensor] | None = None  # the last labels and their margin matrix
         self.notes: list[str] = []
         if self.engine.patches_unsound:
             self.notes.append("patches mode skipped: grouped convolution (auto_LiRPA's patches mode is unsound)")
@@ -148,11 +148,22 @@ class Certifier:
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, method: Method,
              mode: str) -> torch.Tensor:
-        c = margin_matrix(y, self.num_classes).to(dtype=x.dtype)
+        c = self._margins(y, x.dtype)
         self.computations += 1
         with _resources.deadline(self.options.time_budget_s * x.shape[0]):
             lower, _ = self.engine.bounds(x, eps, method, mode, c)
         return lower.amin(dim=1)
+
+    def _margins(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The margin specification of ``y``, kept for the next call with the same labels (bisection steps and
+        repeated ε reuse it)."""
+        kept = self._spec
+        if kept is not None and kept[0].shape == y.shape and kept[1].dtype == dtype and kept[0].device == y.device \
+                and torch.equal(kept[0], y):
+            return kept[1]
+        c = margin_matrix(y, self.num_classes).to(dtype=dtype)
+        self._spec = (y.clone(), c)
+        return c
 
     def _sized_batch(self, base: int | None, device: torch.device) -> int:
         """Batch size from the peak memory of the one-sample run just made (at most 64, or ``batch_size``): on a
@@ -219,7 +230,9 @@ class Certifier:
             chunk, rest = queue[:size], queue[size:]
             started = time.perf_counter()
             try:
-                margins = self._run(x[chunk], y[chunk], eps[chunk] if isinstance(eps, torch.Tensor) else eps,
+                rows: slice | list[int] = (slice(chunk[0], chunk[0] + len(chunk))
+                                           if chunk == list(range(chunk[0], chunk[0] + len(chunk))) else chunk)
+                margins = self._run(x[rows], y[rows], eps[rows] if isinstance(eps, torch.Tensor) else eps,
                                     method, mode)
             except _resources.Deadline as err:
                 self.engine.discard()
@@ -268,15 +281,16 @@ class Certifier:
                     trials.clear()  # larger batches stopped paying: no need to time the next, larger one
                 if not trials:
                     self._choose_batch(method, mode)
-            used = f"{method}[{mode}]"
+            used, tol = f"{method}[{mode}]", self.options.margin_tol
             for i, margin in zip(chunk, margins.tolist(), strict=True):
                 o = outcomes[i]
-                o.margin = finite_or_none(margin)  # JSON has no inf / nan
+                finite = math.isfinite(margin)
+                o.margin = margin if finite else None  # JSON has no inf / nan
                 o.used = used
-                ok = math.isfinite(margin) and margin > self.options.margin_tol
-                if o.status != Outcome.TIMEOUT or ok:
-                    o.status = Outcome.CERTIFIED if ok else Outcome.NOT_CERTIFIED
-                    o.message = o.message if not ok else None
+                if finite and margin > tol:
+                    o.status, o.message = Outcome.CERTIFIED, None
+                elif o.status != Outcome.TIMEOUT:
+                    o.status = Outcome.NOT_CERTIFIED
             queue = rest
         if self._batch is not None:
             self._batches[(method, mode)] = self._batch

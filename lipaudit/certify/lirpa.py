@@ -223,12 +223,20 @@ def prepare_model(model: nn.Module, x: torch.Tensor, norm: Norm) -> nn.Module:
 
 
 def margin_matrix(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """The specification ``C`` (N, K−1, K): row j of sample i is ``e_{y_i} − e_{j}`` over the classes j ≠ y_i."""
-    n = y.shape[0]
-    eye = torch.eye(num_classes, device=y.device)
-    others = torch.arange(num_classes, device=y.device).expand(n, num_classes)
-    others = others[others != y.unsqueeze(1)].view(n, num_classes - 1)
-    return eye[y].unsqueeze(1) - eye[others]
+    """The specification ``C`` (N, K−1, K): row j of sample i is ``e_{y_i} − e_{j}`` over the classes j ≠ y_i.
+
+    Example:
+        >>> margin_matrix(torch.tensor([1]), 3)
+        tensor([[[ 1., -1.,  0.],
+                 [ 0.,  1., -1.]]])
+    """
+    n, k = y.shape[0], num_classes
+    rows = torch.arange(k - 1, device=y.device).expand(n, k - 1)
+    others = rows + (rows >= y.unsqueeze(1))  # the classes j ≠ y_i in increasing order
+    c = torch.zeros(n, k - 1, k, device=y.device)
+    c.scatter_(2, others.unsqueeze(2), -1.0)
+    c.scatter_(2, y.view(n, 1, 1).expand(n, k - 1, 1), 1.0)
+    return c
 
 
 class BoundEngine:
