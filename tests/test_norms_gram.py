@@ -91,3 +91,19 @@ def test_the_gram_path_closes_what_the_circular_embedding_leaves_open() -> None:
     a = dense_matrix(conv, shape).abs()
     b = conv_spectral_bracket(w, geom, 1, float(a.sum(0).max()), float(a.sum(1).max()))
     assert b.method == "gram" and b.lower <= sigma <= b.upper <= b.lower * 1.001
+
+
+@given(conv_cases(max_extra=3), st.booleans())
+@settings(max_examples=30, deadline=None)
+def test_the_cholesky_certificate_above_the_dense_eigensolver_side(case: ConvCase, missed: bool) -> None:
+    """Above :data:`EIGH_SIDE` the lower end comes from the layer's own Lanczos and μ is certified by Cholesky; when
+    Lanczos falls short (simulated: 0.8 of its value), the certificate fails once and the Gram matrix's own
+    eigensolver gives μ. Both brackets hold the dense SVD."""
+    from unittest import mock
+
+    from lipaudit.norms import gram as gram_module
+
+    real = gram_module._lanczos
+    short = (lambda *a: 0.8 * real(*a)) if missed else real
+    with mock.patch.object(gram_module, "EIGH_SIDE", 1), mock.patch.object(gram_module, "_lanczos", short):
+        _check(case.module, case.input_shape)

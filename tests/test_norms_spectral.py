@@ -117,6 +117,55 @@ def test_fft_bound_by_cholesky_and_by_gram_iteration_both_bound_svd(case: ConvCa
         assert by_default[0] == pytest.approx(sigma, rel=1e-8)
 
 
+def _geometry(conv: nn.Module, input_shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+    return conv_geometry(conv.kernel_size, input_shape[1:], conv.stride, padding, conv.dilation, conv.padding_mode)
+
+
+@given(st.one_of(conv_cases(modes=("zeros",), max_extra=4), conv_cases(dims=1, modes=("zeros",), max_extra=6)),
+       st.data())
+def test_every_twisted_enclosure_bounds_svd(case: ConvCase, data: st.DataObject) -> None:
+    """θ ∈ {0, π} per axis (with the half spectrum) and an arbitrary θ (the full spectrum): all valid bounds."""
+    conv = case.module
+    geom = _geometry(conv, case.input_shape)
+    sigma = _sigma(case)
+    nd = len(geom.axes)
+    arbitrary = tuple(data.draw(st.floats(0.0, 2 * math.pi)) for _ in range(nd))
+    for twist in [*spectral_module._TWISTS[nd], arbitrary]:
+        made = conv_fft_upper(_weight(conv), geom, conv.groups, twist=twist, tol=1e-10)
+        assert made is not None and not made[1]
+        assert made[0] >= sigma * (1 - 1e-12), f"twist {twist}: {made[0]} < σ {sigma} for {case}"
+
+
+@given(conv_cases(modes=("zeros", "circular"), max_extra=4))
+def test_half_spectrum_equals_the_full_one(case: ConvCase) -> None:
+    """Real weights: the blocks at ω and −ω are conjugate, so the kept half has the same maximum as all blocks."""
+    conv = case.module
+    geom = _geometry(conv, case.input_shape)
+    for twist in [None, *spectral_module._TWISTS[len(geom.axes)]]:
+        made = spectral_module._polyphase_blocks(_weight(conv).detach().double(), geom, conv.groups, twist)
+        if made is None:
+            return
+        full = spectral_module._polyphase_blocks(_weight(conv).detach().to(torch.complex128), geom, conv.groups,
+                                                 twist)
+        assert full is not None and full[0].shape[0] >= made[0].shape[0]
+        top = torch.linalg.matrix_norm(made[0], ord=2).max()
+        assert float(top) == pytest.approx(float(torch.linalg.matrix_norm(full[0], ord=2).max()), rel=1e-10)
+
+
+def test_twisted_enclosure_is_tighter_on_a_small_map() -> None:
+    """The (π, π)-twisted circulant leaves less of a boundary gap than the plain one on this layer (measured)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1, bias=False).double()
+    geom = _geometry(conv, (8, 6, 6))
+    sigma = _sigma(ConvCase(conv, (8, 6, 6)))
+    plain = conv_fft_upper(_weight(conv), geom, tol=1e-10)
+    twisted = [conv_fft_upper(_weight(conv), geom, twist=t, tol=1e-10) for t in spectral_module._TWISTS[2]]
+    assert plain is not None and all(t is not None for t in twisted)
+    best = min(t[0] for t in twisted if t is not None)
+    assert sigma <= best < plain[0]
+
+
 @given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 8), st.booleans(), st.integers(0, 2**16),
        st.sampled_from([1e-3, 1e-6]))
 def test_cholesky_certificate_upper_bounds_within_tolerance(m: int, n: int, batch: int, complex_: bool, seed: int,

@@ -68,24 +68,30 @@ def cholesky_upper(mats: torch.Tensor, *, lower: float = 0.0, tol: float = 1e-6,
     """
     g = mats.reshape(-1, *mats.shape[-2:])
     gram = g @ g.mH if g.shape[-2] < g.shape[-1] else g.mH @ g
-    if gram.numel() == 0 or float(gram.abs().max()) == 0.0:
+    # a positive semi-definite matrix with a zero diagonal is zero
+    if gram.numel() == 0 or float(gram.diagonal(dim1=-2, dim2=-1).real.max()) == 0.0:
         return 0.0
     size = gram.shape[-1]
     gen = torch.Generator(device=gram.device).manual_seed(0)
     v = torch.randn(gram.shape[0], size, 1, dtype=torch.float64, device=gram.device, generator=gen).to(gram.dtype)
     estimate = torch.zeros(gram.shape[0], dtype=torch.float64, device=gram.device)
 
-    def refine(idx: torch.Tensor, steps: int) -> None:
-        x = v[idx]
+    def refine(idx: torch.Tensor | None, steps: int) -> None:  # None: every block (no gathered copy)
+        sub = gram if idx is None else gram[idx]
+        x = v if idx is None else v[idx]
         for _ in range(steps):
-            x = gram[idx] @ x
+            x = sub @ x
             x = x / torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-        v[idx] = x
-        rayleigh = (x.mH @ gram[idx] @ x).real.reshape(-1).to(torch.float64)
-        estimate[idx] = torch.maximum(estimate[idx], rayleigh)
+        rayleigh = (x.mH @ sub @ x).real.reshape(-1).to(torch.float64)
+        if idx is None:
+            v.copy_(x)
+            torch.maximum(estimate, rayleigh, out=estimate)
+        else:
+            v[idx] = x
+            estimate[idx] = torch.maximum(estimate[idx], rayleigh)
 
     everything = torch.arange(gram.shape[0], device=gram.device)
-    refine(everything, 8)  # a rough estimate: Cholesky certifies, and refines only the blocks it rejects
+    refine(None, 8)  # a rough estimate: Cholesky certifies, and refines only the blocks it rejects
     mu = max(float(estimate.max()), lower * lower) * (1.0 + tol)
     pending = everything
     eye = torch.eye(size, dtype=gram.dtype, device=gram.device)

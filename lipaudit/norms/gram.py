@@ -12,13 +12,14 @@ unrolling the layer. The smaller of the two Gram matrices is built; for zero pad
 (a ResNet's 512×4×4 layers) this is where the enclosing circular convolution is loosest (about 1e-1 wide) and the
 operator is still small enough (a side of at most :data:`GRAM_SIDE_LIMIT`).
 
-The bracket: the top eigenpair of the Gram matrix (LAPACK for sides up to :data:`EIGH_SIDE`, ARPACK's Lanczos
-above); the lower end is ``‖Mv‖/‖v‖`` (or ``‖Mᵀv‖/‖v‖``) for that vector, evaluated with the layer itself; the upper
-end is certified by a Cholesky factorisation of ``μI − G`` at ``μ = λ(1 + tol/2)`` (it exists only if every
-eigenvalue of G is below μ). Rounding: a factorisation that succeeds proves definiteness up to a perturbation of
-at most ``γ_{n+1}·trace(μI − G) ≈ n²·u·μ`` (Demmel), and
-each Gram entry sums at most ``T·c`` products, off by at most ``T·c·u`` times the entries of ``|M|ᵀ|M|``, whose norm
-is at most ``‖M‖₁‖M‖∞`` (known exactly); both are added to μ before the square root.
+The bracket: for sides up to :data:`EIGH_SIDE`, the top eigenpair of the Gram matrix from LAPACK; above, Lanczos on
+the layer itself (two convolutions a step instead of a pass over the dense matrix; ARPACK on the Gram matrix if the
+certificate below fails). The lower end is ``‖Mv‖/‖v‖`` (or ``‖Mᵀv‖/‖v‖``) for that vector, evaluated with the layer
+itself; above :data:`EIGH_SIDE` the upper end is certified by a Cholesky factorisation of ``μI − G`` at
+``μ = λ(1 + tol/2)`` (it exists only if every eigenvalue of G is below μ). Rounding: a factorisation that succeeds
+proves definiteness up to a perturbation of at most ``γ_{n+1}·trace(μI − G) ≈ n²·u·μ`` (Demmel), and each Gram entry
+sums at most ``T·c`` products, off by at most ``T·c·u`` times the entries of ``|M|ᵀ|M|``, whose norm is at most
+``‖M‖₁‖M‖∞`` (known exactly); both are added to μ before the square root.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def conv_gram(weight: torch.Tensor, geom: ConvGeometry, groups: int = 1) -> tupl
     reads = _tap_reads(geom)
     taps = w.reshape(groups, co, ci, -1).permute(0, 3, 1, 2)  # (g, T, co, ci)
     npos, nch = (p_in, ci) if side == "input" else (p_out, co)
-    blocks = torch.zeros(npos, npos, groups, nch, nch, dtype=torch.float64)
+    gram = torch.zeros(groups, npos, nch, npos, nch, dtype=torch.float64)
+    blocks = gram.permute(1, 3, 0, 2, 4)  # a view: block (p, q) of every group, written in place
     for t in range(reads.shape[0]):
         for u in range(reads.shape[0]):
             i, j = _pairs(reads[t], reads[u], side)
@@ -110,8 +112,7 @@ def conv_gram(weight: torch.Tensor, geom: ConvGeometry, groups: int = 1) -> tupl
             else:
                 chan = taps[:, t] @ taps[:, u].transpose(1, 2)  # K_t K_uᵀ: (g, co, co)
             blocks.index_put_((i, j), chan[None].expand(i.numel(), *chan.shape), accumulate=True)
-    gram = blocks.permute(2, 0, 3, 1, 4).reshape(groups, size, size)
-    return gram, side
+    return gram.reshape(groups, size, size), side
 
 
 def gram_bracket(weight: torch.Tensor, geom: ConvGeometry, groups: int, l1: float, linf: float, *,
@@ -124,40 +125,73 @@ def gram_bracket(weight: torch.Tensor, geom: ConvGeometry, groups: int, l1: floa
     gram, side = made
     w = weight.detach().to(torch.float64)
     size = gram.shape[-1]
-    values, vectors = [], []
-    for g in range(gram.shape[0]):
-        found = _top_eigenpair(gram[g], tol / 50)
-        if found is None:
-            return None  # the eigensolver did not converge: the caller keeps its other bounds
-        value, vector = found
-        values.append(value)
-        vectors.append(vector)
-    best = int(np.argmax(values))
-    lam = max(values[best], 0.0)
-    if lam == 0.0:
-        return SpectralBracket(0.0, 0.0, "gram")
-    lower = _attained(w, geom, groups, best, vectors[best], side)
+    lower = _lanczos(w, geom, groups) if size > EIGH_SIDE else 0.0  # cheaper than the dense matrix's Lanczos
+    lam = lower * lower
+    if lam == 0.0:  # small, or Lanczos met a zero vector: the dense eigensolvers
+        found = _top_of_spectrum(gram, w, geom, groups, side)
+        if found is None or isinstance(found, SpectralBracket):
+            return found
+        lam, lower = found
     terms = math.prod(a.k for a in geom.axes) ** 2 * max(w.shape[0], w.shape[1]) * max(
         math.prod(geom.input_size), math.prod(geom.output_size))
     unit = float(torch.finfo(torch.float64).eps)
     # a Cholesky factorisation (or eigh) that succeeds proves μI − G ⪰ 0 up to a perturbation of at most
     # γ_{n+1}·trace(μI − G) ≤ (n+1)·u/(1−(n+1)u)·n·μ (Demmel), and each Gram entry is off by at most γ_terms times
     # the entries of |M|ᵀ|M|, whose norm is at most ‖M‖₁‖M‖∞; both are added before the square root
-    slack = 2 * (size + 1) ** 2 * unit * lam * (1.0 + 1e-3) + 2 * terms * unit * l1 * linf
+    entries = 2 * terms * unit * l1 * linf
     if size <= EIGH_SIDE:  # LAPACK's Hermitian eigensolver is backward stable: λ within (n+2)·u·‖G‖ of the truth
-        upper = safe_upper(math.sqrt(lam + slack))
+        upper = safe_upper(math.sqrt(lam + 2 * (size + 1) ** 2 * unit * lam * (1.0 + 1e-3) + entries))
         return SpectralBracket(min(lower, upper), upper, "gram")
     mu = max(lam, lower * lower) * (1.0 + tol / 2)
     shifted = torch.empty_like(gram)
-    for _ in range(3):
+    for attempt in range(3):
         torch.neg(gram, out=shifted)
         shifted.diagonal(dim1=-2, dim2=-1).add_(mu)
         _, info = torch.linalg.cholesky_ex(shifted)
-        if not bool((info != 0).any()):
-            upper = safe_upper(math.sqrt(mu + slack))
+        if not bool((info != 0).any()):  # then ‖G‖ ≤ μ up to the perturbation bounded in terms of μ
+            upper = safe_upper(math.sqrt(mu + 2 * (size + 1) ** 2 * unit * mu + entries))
             return SpectralBracket(min(lower, upper), upper, "gram")
-        mu *= 1.0 + tol  # the eigensolver missed the top of some group's spectrum: a looser μ, or give up
+        if attempt == 0:  # Lanczos missed the top of the spectrum: the dense matrix's own eigensolver
+            found = _top_of_spectrum(gram, w, geom, groups, side)
+            if found is None or isinstance(found, SpectralBracket):
+                return found
+            lam, lower = max(found[0], lam), max(found[1], lower)
+            mu = max(lam, lower * lower) * (1.0 + tol / 2)
+        else:
+            mu *= 1.0 + tol  # still below the top of some group's spectrum: a looser μ, or give up
     return None
+
+
+def _lanczos(weight: torch.Tensor, geom: ConvGeometry, groups: int) -> float:
+    """``‖Mv‖/‖v‖`` (float64) for the vector of a float32 Lanczos iteration on the layer: a lower bound, converged
+    until a restart gains less than 1e-6 of it."""
+    from lipaudit.norms.spectral import _attained as attained
+    from lipaudit.norms.spectral import lanczos_lower
+
+    w32 = weight.to(torch.float32)
+    in_shape = (weight.shape[1] * groups, *geom.input_size)
+    _, vec = lanczos_lower(lambda x: conv_forward(x, w32, geom, groups), in_shape, dtype=torch.float32,
+                           device=weight.device, tol=2e-5)
+    return attained(lambda x: conv_forward(x, weight, geom, groups), vec.to(torch.float64).reshape(1, *in_shape))
+
+
+def _top_of_spectrum(gram: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, groups: int, side: str
+                     ) -> tuple[float, float] | SpectralBracket | None:
+    """``(λ, lower)``: the largest eigenvalue over the groups' Gram matrices (from the dense eigensolvers) and the
+    value ``‖Mv‖/‖v‖`` its eigenvector attains; a zero bracket for a zero operator; None when the eigensolver does
+    not converge (the caller keeps its other bounds)."""
+    values, vectors = [], []
+    for g in range(gram.shape[0]):
+        found = _top_eigenpair(gram[g], 1e-3 / 50)
+        if found is None:
+            return None
+        values.append(found[0])
+        vectors.append(found[1])
+    best = int(np.argmax(values))
+    lam = max(values[best], 0.0)
+    if lam == 0.0:
+        return SpectralBracket(0.0, 0.0, "gram")
+    return lam, _attained(weight, geom, groups, best, vectors[best], side)
 
 
 def _top_eigenpair(gram: torch.Tensor, tol: float) -> tuple[float, torch.Tensor] | None:
