@@ -150,9 +150,9 @@ def _project_l1(u: Tensor, lo: Tensor, hi: Tensor, eps: Tensor) -> Tensor:
     and τ ≥ 0 the multiplier of the ℓ1 constraint (KKT conditions of the separable problem). The ℓ1 mass
     ``m(τ) = Σ min(max(|u| − τ, 0), c)`` is continuous, piecewise linear and non-increasing, with slope
     ``−#{i : |u_i| − c_i < τ < |u_i|}``. τ is found inside a bracket ``m(t_lo) > ε ≥ m(t_hi)`` that every step
-    shrinks: a Newton step from τ = 0 (the only slope counted), then regula falsi with the Illinois rule (the end
-    kept twice in a row has its value halved for the next interpolation), which lands on the root exactly once both
-    ends are on its linear piece. A step costs one pass over the data (a clamp and a sum, no comparisons or
+    shrinks: a Newton step from τ = 0 (the only slope counted), then secant steps through the last two iterates
+    (regula falsi on the bracket where a secant step would leave it), which land on the root exactly once two
+    iterates are on its linear piece. A step costs one pass over the data (a clamp and a sum, no comparisons or
     counts), and a handful of steps replace a sort (which costs more than a forward and backward pass of a small CNN
     on a CPU) or the 24 halvings of bisection. The end is placed by linear interpolation inside the final bracket;
     a last rescaling towards 0, which stays in the box, guarantees ``‖d‖₁ ≤ ε`` up to the rounding of that sum
