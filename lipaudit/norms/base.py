@@ -60,8 +60,9 @@ class SpectralBracket:
         lower: ``‖M v‖ / ‖v‖`` for the best vector found (Lanczos, or the dense top singular vector): a lower bound.
         upper: the smallest of the valid upper bounds tried (see ``method``).
         method: which upper bound won: ``"svd"`` (dense matrix), ``"fft"`` (the Fourier blocks of an enclosing
-            circular convolution, see :mod:`lipaudit.norms.spectral`), ``"fft-exact"`` (the same, where the layer
-            *is* that circular convolution), ``"holder"`` (``√(‖M‖₁‖M‖∞)``), ``"diagonal"``, ``"separable"``,
+            circular convolution, see :mod:`lipaudit.norms.spectral`), ``"fft-twisted"`` (the same for a twisted
+            circulant), ``"fft-exact"`` (where the layer *is* that circular convolution), ``"gram"`` (the exact Gram
+            matrix, :mod:`lipaudit.norms.gram`), ``"holder"`` (``√(‖M‖₁‖M‖∞)``), ``"diagonal"``, ``"separable"``,
             ``"identity"``, ``"padding-product"`` (valid convolution times the norm of the padding map), ``"svd-1x1"``
             (a 1×1 convolution: the SVD of its channel matrices, exact).
 
