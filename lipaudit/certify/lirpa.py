@@ -226,8 +226,8 @@ def margin_matrix(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The specification ``C`` (N, K−1, K): row j of sample i is ``e_{y_i} − e_{j}`` over the classes j ≠ y_i.
 
     Example:
-        >>> margin_matrix(torch.tensor([1]), 3)
-        tensor([[[ 1., -1.,  0.],
+        >>> margin_matrix(torch.tensor([1]), 3)  # e_1 − e_0 and e_1 − e_2
+        tensor([[[-1.,  1.,  0.],
                  [ 0.,  1., -1.]]])
     """
     n, k = y.shape[0], num_classes
