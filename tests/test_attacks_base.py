@@ -224,3 +224,32 @@ def test_l1_box_projection_batched_with_ties_and_faces(rows: int, d: int, seed: 
     for i in range(rows):
         ref = _reference_l1_box_projection(v[i], x[i], float(eps[i]))
         assert np.abs(ours[i] - ref).max() <= 1e-9 * max(1.0, eps[i]), (i, ours[i], ref)
+
+
+def test_l1_box_projection_leaves_a_flat_piece() -> None:
+    """One coordinate far beyond its cap keeps m(τ) flat over a long stretch of τ: the solver must not creep along
+    it (a secant through two equal values), and coordinates exactly on a box face count in the first slope."""
+    u = torch.tensor([[4.0, 0.5, 0.5]], dtype=torch.float64)
+    hi = torch.tensor([[1.75, 0.5, 0.5]], dtype=torch.float64)
+    from lipaudit.attacks.base import _project_l1
+
+    d = _project_l1(u, -hi, hi, torch.tensor([2.0], dtype=torch.float64))
+    assert torch.allclose(d, torch.tensor([[1.75, 0.125, 0.125]], dtype=torch.float64), atol=1e-12)
+
+
+@given(d=st.integers(2, 40), seed=st.integers(0, 2**16))
+def test_l1_box_projection_with_outliers_and_points_on_the_faces(d: int, seed: int) -> None:
+    """Large outliers, exact zeros and perturbations that sit exactly on a box face, against the exact reference."""
+    gen = np.random.default_rng(seed)
+    x = gen.random(d)
+    x[gen.random(d) < 0.2] = 0.0
+    delta = gen.normal(0.0, 0.3, d)
+    delta[gen.random(d) < 0.2] = 0.0
+    face = gen.random(d) < 0.3
+    delta[face] = np.where(gen.random(int(face.sum())) < 0.5, 1.0 - x[face], -x[face])
+    delta[int(gen.integers(d))] += float(gen.choice([-1.0, 1.0])) * 5.0  # far outside the box
+    eps = float(gen.uniform(0.05, 3.0))
+    ours = project(torch.tensor(x + delta)[None], torch.tensor(x)[None], torch.tensor([eps], dtype=torch.float64),
+                   Norm.L1)[0].numpy()
+    ref = _reference_l1_box_projection(x + delta, x, eps)
+    assert np.abs(ours - ref).max() <= 1e-9 * max(1.0, eps), (ours, ref)

@@ -151,10 +151,11 @@ def _project_l1(u: Tensor, lo: Tensor, hi: Tensor, eps: Tensor) -> Tensor:
     ``m(τ) = Σ min(max(|u| − τ, 0), c)`` is continuous, piecewise linear and non-increasing, with slope
     ``−#{i : |u_i| − c_i < τ < |u_i|}``. τ is found inside a bracket ``m(t_lo) > ε ≥ m(t_hi)`` that every step
     shrinks: a Newton step from τ = 0 (the only slope counted), then secant steps through the last two iterates
-    (regula falsi on the bracket where a secant step would leave it), which land on the root exactly once two
-    iterates are on its linear piece. A step costs one pass over the data (a clamp and a sum, no comparisons or
-    counts), and a handful of steps replace a sort (which costs more than a forward and backward pass of a small CNN
-    on a CPU) or the 24 halvings of bisection. The end is placed by linear interpolation inside the final bracket;
+    (regula falsi on the bracket where a secant is undefined or would leave it, and the bracket's midpoint where two
+    steps have not halved ``|m − ε|``), which land on the root exactly once two iterates are on its linear piece.
+    A step costs one pass over the data (a clamp and a sum, no comparisons or counts), and a handful of steps replace
+    a sort (which costs more than a forward and backward pass of a small CNN on a CPU) or the 24 halvings of
+    bisection. The end is placed by linear interpolation inside the final bracket;
     a last rescaling towards 0, which stays in the box, guarantees ``‖d‖₁ ≤ ε`` up to the rounding of that sum
     (about 1e-7 relative in float32).
     """
@@ -171,11 +172,13 @@ def _project_l1(u: Tensor, lo: Tensor, hi: Tensor, eps: Tensor) -> Tensor:
     t_lo, m_lo = torch.zeros_like(e), m0  # m(t_lo) > ε
     t_hi, m_hi = a.amax(1), torch.zeros_like(e)  # m(t_hi) = 0 ≤ ε
     t_prev, f_prev = t_lo, m0 - e  # the previous iterate and m − ε there
-    slope0 = torch.logical_and(a > 0, a < cap).sum(1).to(u.dtype)  # at τ = 0: coordinates between 0 and their cap
+    # the slope just right of τ = 0: coordinates with 0 < |u| ≤ c (one on its box face leaves it as τ grows)
+    slope0 = torch.logical_and(a > 0, a <= cap).sum(1).to(u.dtype)
     newton = f_prev / slope0.clamp_min(1.0)
     tau = torch.where((slope0 > 0) & (newton < t_hi), newton, t_hi / 2)
     buf = torch.empty_like(a)
     rel = math.sqrt(torch.finfo(u.dtype).eps) * 0.01  # 3.5e-6 in float32 (a sum of d terms is no closer), 1.5e-10
+    errors = [f_prev.abs(), f_prev.abs()]  # |m − ε| one and two steps ago
     for _ in range(_SOLVER_STEPS):
         torch.sub(a, tau[:, None], out=buf)
         torch.clamp(buf, min=zero, max=cap, out=buf)
@@ -189,12 +192,17 @@ def _project_l1(u: Tensor, lo: Tensor, hi: Tensor, eps: Tensor) -> Tensor:
         done = f.abs() <= rel * e
         if bool(done.all()):
             break
-        # the secant through the last two iterates; where it leaves the bracket, regula falsi on the bracket
-        secant = tau - f * (tau - t_prev) / torch.where(f == f_prev, torch.ones_like(f), f - f_prev)
+        # the secant through the last two iterates; where it is undefined (a flat piece) or leaves the bracket,
+        # regula falsi on the bracket; where two steps have not halved |m − ε|, the bracket's midpoint
+        flat = f == f_prev
+        secant = tau - f * (tau - t_prev) / torch.where(flat, torch.ones_like(f), f - f_prev)
         falsi = t_lo + (m_lo - e) / (m_lo - m_hi).clamp_min(torch.finfo(u.dtype).tiny) * (t_hi - t_lo)
         t_prev, f_prev = tau, f
-        inside = (secant > t_lo) & (secant < t_hi)
-        tau = torch.where(done, tau, torch.where(inside, secant, falsi))
+        stalled = f.abs() > errors[0] / 2
+        errors = [errors[1], f.abs()]
+        use_secant = ~flat & (secant > t_lo) & (secant < t_hi)
+        step = torch.where(stalled, (t_lo + t_hi) / 2, torch.where(use_secant, secant, falsi))
+        tau = torch.where(done, tau, step)
     frac = ((m_lo - e) / (m_lo - m_hi).clamp_min(torch.finfo(u.dtype).tiny)).clamp(0, 1)
     tau = t_lo + frac * (t_hi - t_lo)
     d = torch.minimum((a - tau[:, None]).clamp_min_(0), cap)
