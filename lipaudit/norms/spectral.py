@@ -19,7 +19,7 @@
     default), or bounded with Gram iteration (Delattre et al. 2023, arXiv 2305.16173): with ``G₀ = A``,
     ``G_{t+1} = G_tᴴG_t / r_t²``, ``r_t = ‖G_t‖_F``, one has ``log σ_max(A) ≤ Σ_{j≤t} 2^{-j} log r_j`` for every t,
     decreasing to ``log σ_max``. The gap to the layer's own norm is a boundary effect of zero padding: on a CIFAR
-    ResNet-18 at initialisation about 5e-4–1.3e-3 (relative) on 32×32 maps, 3e-3–4.5e-3 on 16×16, 2e-2 on 8×8 and
+    ResNet-18 at initialisation about 5e-4–1.3e-3 (relative) on 32×32 maps, 3e-3–7e-3 on 16×16, 2e-2 on 8×8 and
     1e-1 on 4×4 maps. Where the bracket is wider than the tolerance and the dense or Gram matrix is affordable, the
     exact paths close it; layers with hundreds of channels on 8×8 or 16×16 maps keep the wider bracket.
     For circular padding where the layer keeps every stride-th output, the bound is exact (``fft-exact``).
