@@ -155,9 +155,8 @@ def _project_l1(u: Tensor, lo: Tensor, hi: Tensor, eps: Tensor) -> Tensor:
     steps have not halved ``|m − ε|``), which land on the root exactly once two iterates are on its linear piece.
     A step costs one pass over the data (a clamp and a sum, no comparisons or counts), and a handful of steps replace
     a sort (which costs more than a forward and backward pass of a small CNN on a CPU) or the 24 halvings of
-    bisection. The end is placed by linear interpolation inside the final bracket;
-    a last rescaling towards 0, which stays in the box, guarantees ``‖d‖₁ ≤ ε`` up to the rounding of that sum
-    (about 1e-7 relative in float32).
+    bisection. The end is placed by linear interpolation inside the final bracket; a last rescaling towards 0, which
+    stays in the box, guarantees ``‖d‖₁ ≤ ε`` up to the rounding of that sum (about 1e-7 relative in float32).
     """
     a_all = u.abs()
     cap_all = torch.where(u > 0, hi, -lo).clamp_min_(0)

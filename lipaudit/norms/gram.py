@@ -128,7 +128,7 @@ def gram_bracket(weight: torch.Tensor, geom: ConvGeometry, groups: int, l1: floa
     lower = _lanczos(w, geom, groups) if size > EIGH_SIDE else 0.0  # cheaper than the dense matrix's Lanczos
     lam = lower * lower
     if lam == 0.0:  # small, or Lanczos met a zero vector: the dense eigensolvers
-        found = _top_of_spectrum(gram, w, geom, groups, side)
+        found = _top_of_spectrum(gram, w, geom, groups, side, tol)
         if found is None or isinstance(found, SpectralBracket):
             return found
         lam, lower = found
@@ -152,7 +152,7 @@ def gram_bracket(weight: torch.Tensor, geom: ConvGeometry, groups: int, l1: floa
             upper = safe_upper(math.sqrt(mu + 2 * (size + 1) ** 2 * unit * mu + entries))
             return SpectralBracket(min(lower, upper), upper, "gram")
         if attempt == 0:  # Lanczos missed the top of the spectrum: the dense matrix's own eigensolver
-            found = _top_of_spectrum(gram, w, geom, groups, side)
+            found = _top_of_spectrum(gram, w, geom, groups, side, tol)
             if found is None or isinstance(found, SpectralBracket):
                 return found
             lam, lower = max(found[0], lam), max(found[1], lower)
@@ -175,14 +175,14 @@ def _lanczos(weight: torch.Tensor, geom: ConvGeometry, groups: int) -> float:
     return attained(lambda x: conv_forward(x, weight, geom, groups), vec.to(torch.float64).reshape(1, *in_shape))
 
 
-def _top_of_spectrum(gram: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, groups: int, side: str
-                     ) -> tuple[float, float] | SpectralBracket | None:
+def _top_of_spectrum(gram: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, groups: int, side: str,
+                     tol: float) -> tuple[float, float] | SpectralBracket | None:
     """``(λ, lower)``: the largest eigenvalue over the groups' Gram matrices (from the dense eigensolvers) and the
     value ``‖Mv‖/‖v‖`` its eigenvector attains; a zero bracket for a zero operator; None when the eigensolver does
-    not converge (the caller keeps its other bounds)."""
+    not converge (the caller keeps its other bounds); ``tol`` is the bracket's, the eigensolver's a 50th of it."""
     values, vectors = [], []
     for g in range(gram.shape[0]):
-        found = _top_eigenpair(gram[g], 1e-3 / 50)
+        found = _top_eigenpair(gram[g], tol / 50)
         if found is None:
             return None
         values.append(found[0])
